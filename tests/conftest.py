@@ -1,0 +1,26 @@
+"""Test set-up: 8 fake CPU devices, so multi-device code runs on any machine."""
+
+import os
+
+# Must happen before jax is imported anywhere.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> pathlib.Path:
+  """The real data directory, or a skip with the reason when it is not set."""
+  value = os.environ.get("EXTRAP_OPTAX_DATA_DIR")
+  if not value:
+    pytest.skip("EXTRAP_OPTAX_DATA_DIR is not set: point it at the shared data "
+                "directory (see README) to run the real-data tests.")
+  path = pathlib.Path(value)
+  if not path.is_dir():
+    pytest.fail(f"EXTRAP_OPTAX_DATA_DIR={value} is not a directory.")
+  return path

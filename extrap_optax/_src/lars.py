@@ -1,0 +1,270 @@
+"""LARS as NVIDIA apex LARC, the variant the paper used (You et al., 2017).
+
+The paper (App. C) applies LARS "as in NVIDIA apex" with the default trust
+coefficient 0.02; apex's `LARC` wraps a `torch.optim.SGD` and, per parameter
+tensor, rescales the gradient before the wrapped optimizer's momentum step. This
+module reproduces that computation as an optax transformation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from extrap_optax._src import validation
+
+Mask = Any | Callable[[optax.Params], Any]
+
+
+class ScaleByLarcState(NamedTuple):
+  """State of `scale_by_larc`.
+
+  Attributes:
+    count: number of updates taken so far (int32); the learning-rate schedule
+      used for clipping is evaluated at it, as in `optax.scale_by_learning_rate`.
+  """
+  count: jax.Array
+
+
+def matrix_mask(params: optax.Params) -> Any:
+  """True for parameter arrays with at least 2 dimensions (kernels, embeddings).
+
+  The library's default weight-decay mask: biases and normalisation scales and
+  offsets (fewer than 2 dimensions) are not decayed (He et al., 2016; see
+  ALGORITHMS.md §7).
+
+  Args:
+    params: a pytree of arrays.
+
+  Returns:
+    A pytree of Python bools with the structure of `params`.
+  """
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def _resolve_mask(name: str, mask: Mask | None, params: optax.Params) -> Any:
+  """The mask as a pytree of Python bools with the structure of `params`."""
+  if mask is None:
+    mask = True
+  tree = mask(params) if callable(mask) else mask
+  if isinstance(tree, (bool, np.bool_)):
+    return jax.tree.map(lambda _: bool(tree), params)
+  validation.check_mask_matches(name, tree, params)
+  leaves = jax.tree.leaves(tree)
+  if not all(isinstance(m, (bool, np.bool_)) for m in leaves):
+    raise ValueError(
+        f"`{name}` leaves must be static Python booleans (True where the "
+        f"transformation applies), got {[type(m).__name__ for m in leaves]}. "
+        "Build it with e.g. `jax.tree.map(lambda p: p.ndim >= 2, params)`.")
+  return jax.tree.map(bool, tree)
+
+
+def _norm(x: jax.Array) -> jax.Array:
+  # At least float32: a bfloat16 sum of squares loses most of its precision.
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  return jnp.sqrt(jnp.sum(jnp.square(x)))
+
+
+def scale_by_larc(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    trust_coefficient: float = 0.02,
+    weight_decay: float = 0.0,
+    weight_decay_mask: Mask | None = None,
+    clip: bool = True,
+    eps: float = 1e-8,
+    mask: Mask | None = None,
+) -> optax.GradientTransformation:
+  r"""Coupled weight decay and LARC scaling, exactly as NVIDIA apex `LARC`.
+
+  For every parameter tensor :math:`w` with gradient :math:`g` (the gradient
+  already averaged over workers; ALGORITHMS.md §6), with :math:`\gamma_t` the
+  learning rate of this step, :math:`\tilde\gamma` the trust coefficient and
+  :math:`\lambda` the weight decay:
+
+  .. math::
+
+    r = \frac{\tilde\gamma \, \|w\|}{\|g\| + \lambda \|w\| + \epsilon},
+    \qquad
+    s = \min(r / \gamma_t, 1) \ \text{(clip)} \quad\text{or}\quad s = r,
+    \qquad
+    d = s \, (g + \lambda w),
+
+  so that, after the momentum step scales by :math:`\gamma_t`, the effective
+  per-tensor learning rate is :math:`\min(r, \gamma_t)` (clip) or
+  :math:`r \gamma_t` (no clip). :math:`\|g\|` is the norm of the raw gradient,
+  before weight decay. As in apex, a tensor with :math:`\|w\| = 0` or
+  :math:`\|g\| = 0` gets neither scaling nor weight decay: :math:`d = g`
+  (apex adds the weight decay inside the same ``if``).
+
+  Chain it before the momentum and the learning rate, as apex wraps
+  ``torch.optim.SGD(..., weight_decay=0)``::
+
+    optax.chain(
+        scale_by_larc(lr, weight_decay=1e-4, weight_decay_mask=matrix_mask),
+        optax.trace(decay=0.9, nesterov=True),
+        optax.scale_by_learning_rate(lr))
+
+  which is what `larc_sgd` builds. The step count in the state advances by one
+  per update, like the count of `optax.scale_by_learning_rate`, so a schedule
+  is evaluated at the same step by both and the clip uses the learning rate of
+  the step being taken.
+
+  Masks are a pytree of static bools with the structure of the params, a
+  single bool for every tensor, or a callable params -> such a pytree; True
+  where it applies, and None means True. (Under `optax.inject_hyperparams`
+  name a callable mask in ``static_args``, or it is taken for a schedule.)
+
+  * `weight_decay_mask`: tensors outside it have :math:`\lambda = 0`, both in
+    the added term and in the denominator of :math:`r` (an apex parameter group
+    with ``weight_decay=0``).
+  * `mask`: tensors outside it get no LARC scaling, only the plain coupled
+    weight decay :math:`d = g + \lambda w` (per `weight_decay_mask`), as
+    `optax.lars` treats tensors outside its ``trust_ratio_mask``. apex itself
+    has no such mask: it scales every tensor.
+
+  This is NOT `optax.lars` (optax 0.2.8), which chains
+  ``add_decayed_weights -> scale_by_trust_ratio -> scale_by_learning_rate ->
+  trace``. The differences:
+
+  * trust ratio: optax uses :math:`\tilde\gamma \|w\| / (\|g + \lambda w\| +
+    \epsilon)`, the norm of the already decayed update with ``eps=0`` by
+    default; LARC uses :math:`\|g\| + \lambda\|w\| + 10^{-8}`.
+  * clipping: optax never clips; LARC (``clip=True``) caps the per-tensor
+    learning rate at :math:`\gamma_t`.
+  * momentum: optax accumulates momentum on the learning-rate-scaled update
+    (so a changing learning rate acts on the new term only); LARC, like
+    `torch.optim.SGD`, accumulates the unscaled update and multiplies by
+    :math:`\gamma_t` afterwards.
+  * zero norms: optax still adds the weight decay and uses ratio 1 when
+    :math:`\|w\|` or :math:`\|g + \lambda w\|` is zero; LARC skips both when
+    :math:`\|w\|` or :math:`\|g\|` is zero.
+  * defaults: optax ``trust_coefficient=0.001``, ``nesterov=False``; LARC
+    0.02 (apex and the paper), Nesterov in the paper.
+
+  Args:
+    learning_rate: the learning rate :math:`\gamma_t` of the SGD step that
+      follows (float or `optax.Schedule` of the step count). Only the clip
+      uses it; pass the same value as to `optax.scale_by_learning_rate`.
+    trust_coefficient: :math:`\tilde\gamma`; the paper tunes it in
+      {0.01, 0.02, 0.03}.
+    weight_decay: coupled L2 coefficient :math:`\lambda` (1e-4 for ResNet-20
+      in the paper).
+    weight_decay_mask: which tensors are decayed (see above).
+    clip: apex's clipping mode, :math:`\min(r/\gamma_t, 1)`; False gives
+      apex's scaling mode, :math:`r`.
+    eps: added to the denominator of :math:`r` (apex: 1e-8).
+    mask: which tensors get the LARC scaling (see above).
+
+  Returns:
+    An `optax.GradientTransformation` whose `update` requires `params`.
+
+  References:
+    You et al., `Large Batch Training of Convolutional Networks
+    <https://arxiv.org/abs/1708.03888>`_, 2017.
+    NVIDIA apex, ``apex/parallel/LARC.py``.
+    Lin et al., Extrapolation for Large-batch Training in Deep Learning,
+    ICML 2020, App. C.
+  """
+  validation.check_non_negative("learning_rate", learning_rate)
+  validation.check_non_negative("trust_coefficient", trust_coefficient)
+  validation.check_non_negative("weight_decay", weight_decay)
+  validation.check_non_negative("eps", eps)
+
+  def init_fn(params):
+    _resolve_mask("weight_decay_mask", weight_decay_mask, params)
+    _resolve_mask("mask", mask, params)
+    return ScaleByLarcState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(
+          "scale_by_larc needs the current parameters (the norms ||w|| and the "
+          "weight decay use them): call `update(grads, state, params)`.")
+    decay_tree = _resolve_mask("weight_decay_mask", weight_decay_mask, params)
+    larc_tree = _resolve_mask("mask", mask, params)
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+
+    def leaf(g, w, decayed, scaled):
+      wd = weight_decay if decayed else 0.0
+      if not scaled:
+        return g + wd * w
+      w_norm, g_norm = _norm(w), _norm(g)
+      ratio = trust_coefficient * w_norm / (g_norm + w_norm * wd + eps)
+      if clip:
+        # A zero learning rate gives ratio/0 = inf, so the factor is 1, as
+        # with apex's tensor division.
+        ratio = jnp.minimum(ratio / lr, 1.0)
+      larc = (g + wd * w) * ratio.astype(g.dtype)
+      return jnp.where((w_norm != 0) & (g_norm != 0), larc, g)
+
+    updates = jax.tree.map(leaf, updates, params, decay_tree, larc_tree)
+    return updates, ScaleByLarcState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def larc_sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    trust_coefficient: float = 0.02,
+    weight_decay: float = 0.0,
+    weight_decay_mask: Mask | None = None,
+    clip: bool = True,
+    eps: float = 1e-8,
+    mask: Mask | None = None,
+) -> optax.GradientTransformation:
+  r"""SGD with momentum under apex LARC: ``LARC(torch.optim.SGD(...))``.
+
+  .. math::
+
+    d_t = \mathrm{LARC}(g_t, w_t), \quad
+    b_t = u\, b_{t-1} + d_t, \quad
+    w_{t+1} = w_t - \gamma_t (d_t + u\, b_t) \ \text{(Nesterov)}
+    \ \text{or}\ w_t - \gamma_t b_t,
+
+  the PyTorch momentum convention (ALGORITHMS.md §1) with `scale_by_larc`
+  giving :math:`d_t`. Equal to apex ``LARC(torch.optim.SGD(params, lr,
+  momentum, nesterov=nesterov, weight_decay=weight_decay),
+  trust_coefficient, clip, eps)`` when the torch parameter groups carry the
+  weight decay of `weight_decay_mask`.
+
+  Args:
+    learning_rate: :math:`\gamma_t`, a float or an `optax.Schedule`.
+    momentum: :math:`u` in [0, 1).
+    nesterov: Nesterov momentum (the paper's setting).
+    trust_coefficient: see `scale_by_larc`.
+    weight_decay: see `scale_by_larc`.
+    weight_decay_mask: see `scale_by_larc`, except that None (the default)
+      means `matrix_mask`: no decay on tensors with fewer than 2 dimensions
+      (biases, normalisation parameters; ALGORITHMS.md §7). Pass True to decay
+      every tensor. (The default is not the callable itself because
+      `optax.inject_hyperparams` would take it for a schedule.)
+    clip: see `scale_by_larc`.
+    eps: see `scale_by_larc`.
+    mask: see `scale_by_larc`.
+
+  Returns:
+    An `optax.GradientTransformation` whose `update` requires `params`.
+  """
+  validation.check_momentum(momentum)
+  return optax.chain(
+      scale_by_larc(
+          learning_rate,
+          trust_coefficient=trust_coefficient,
+          weight_decay=weight_decay,
+          weight_decay_mask=(
+              matrix_mask if weight_decay_mask is None else weight_decay_mask),
+          clip=clip,
+          eps=eps,
+          mask=mask),
+      optax.trace(decay=momentum, nesterov=nesterov),
+      optax.scale_by_learning_rate(learning_rate),
+  )

@@ -1,0 +1,281 @@
+"""K data-parallel workers on whatever devices exist: vmap, shard_map or pmap.
+
+Per-worker values (parameters, optimizer states, batches, BatchNorm statistics)
+are stacked along a leading axis of size K, in worker order. The layout does not
+depend on the number of devices, so a checkpoint taken on 8 GPUs resumes on 1 CPU.
+
+Every backend binds the same two axis names, `Workers.axis_name ==
+("devices", "workers")`: K = D·V workers are D device blocks of V virtual
+workers. A transform built with `axis_name=workers.axis_name` therefore runs
+unchanged under all of them, and `pmean` over the pair is the mean over all K.
+
+| backend     | how a device runs its V workers                                   |
+| ----------- | ----------------------------------------------------------------- |
+| "shard_map" | `jax.shard_map` over a mesh; V = 1: one worker per device on a     |
+|             | (D, 1) mesh with no vmap; V > 1: `jax.vmap` inside each device    |
+| "pmap"      | `jax.pmap` over D devices of `jax.vmap` over V (for older scripts) |
+| "vmap"      | `jax.vmap` over all K on one device (D = 1)                       |
+
+One worker per device is the fast way: vmapping a convolution over per-worker
+parameters is slow on XLA:CPU (see benchmarks/), and it keeps control flow such
+as post-local SGD's local steps free of collectives (under vmap a `lax.cond` on
+per-worker state runs both branches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from extrap_optax._src import extrapolation
+
+Backend = Literal["shard_map", "pmap", "vmap"]
+DEVICE_AXIS = "devices"
+WORKER_AXIS = "workers"
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+  return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _per_arg_axes(in_axes: int | None | Sequence[int | None], num_args: int):
+  if in_axes is None or isinstance(in_axes, int):
+    return (in_axes,) * num_args
+  in_axes = tuple(in_axes)
+  if len(in_axes) != num_args:
+    raise ValueError(
+        f"`in_axes` has {len(in_axes)} entries but the function got {num_args} "
+        "arguments: give one entry (0 = per worker, None = shared) per argument.")
+  for axis in in_axes:
+    if axis not in (0, None):
+      raise ValueError(
+          f"`in_axes` entries must be 0 (stacked per worker) or None (shared), got "
+          f"{axis!r}.")
+  return in_axes
+
+
+class Workers:
+  """K data-parallel workers, simulated or real, with one calling convention.
+
+  Example::
+
+    workers = extrap_optax.Workers(num_workers=16)          # 8 devices x 2
+    tx = extrap_optax.extrap_sgd(0.1, extrapolation_rate=0.1 / 16,
+                                 axis_name=workers.axis_name)
+    params = workers.replicate(params)                     # (16, ...)
+    opt_state = workers.map(tx.init)(params)
+
+    def train_step(params, opt_state, batch):              # one worker's view
+      grads = jax.grad(loss_fn)(params, batch)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    step = workers.map(train_step, donate_argnums=(0, 1))
+    params, opt_state = step(params, opt_state, workers.split(global_batch))
+    y = workers.evaluation_params(params, opt_state)       # the shared point
+
+  Attributes:
+    num_workers: K.
+    num_devices: D, the number of devices used (the largest divisor of K that is
+      at most the number of devices given).
+    workers_per_device: V = K / D.
+    axis_name: the pair of worker axis names bound by `map`.
+    backend: "shard_map", "pmap" or "vmap".
+    mesh: the device mesh (`None` for the vmap and pmap backends).
+    sharding: where stacked per-worker arrays live.
+  """
+
+  def __init__(
+      self,
+      num_workers: int,
+      *,
+      backend: Backend = "shard_map",
+      devices: Sequence[jax.Device] | None = None,
+  ):
+    if not isinstance(num_workers, int) or num_workers < 1:
+      raise ValueError(f"`num_workers` must be a positive int, got {num_workers!r}.")
+    if backend not in ("shard_map", "pmap", "vmap"):
+      raise ValueError(
+          f"`backend` must be 'shard_map', 'pmap' or 'vmap', got {backend!r}.")
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+      raise ValueError("`devices` is empty: give at least one device.")
+    self.num_workers = num_workers
+    self.backend = backend
+    self.num_devices = 1 if backend == "vmap" else _largest_divisor_at_most(
+        num_workers, len(devices))
+    self.workers_per_device = num_workers // self.num_devices
+    self.axis_name = (DEVICE_AXIS, WORKER_AXIS)
+    self.devices = devices[:self.num_devices]
+    if backend == "shard_map":
+      if self.workers_per_device == 1:
+        self.mesh = Mesh(np.array(self.devices).reshape(-1, 1), self.axis_name)
+        self._stacked_spec = P(self.axis_name)
+      else:
+        self.mesh = Mesh(np.array(self.devices), (DEVICE_AXIS,))
+        self._stacked_spec = P(DEVICE_AXIS)
+      self.sharding = NamedSharding(self.mesh, self._stacked_spec)
+    else:
+      self.mesh = None
+      self.sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
+
+  def __repr__(self) -> str:
+    return (f"Workers(num_workers={self.num_workers}, backend={self.backend!r}, "
+            f"{self.num_devices} device(s) x {self.workers_per_device} worker(s))")
+
+  # Placing data.
+
+  def put(self, tree: Any) -> Any:
+    """Places a stacked (K, ...) tree where `map` expects it."""
+    self._check_leading(tree, "tree")
+    if self.backend != "shard_map" or jax.process_count() == 1:
+      return jax.device_put(tree, self.sharding)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_callback(
+            np.shape(x), self.sharding, lambda index: np.asarray(x)[index]),
+        tree)
+
+  def put_process_local(self, tree: Any) -> Any:
+    """Builds global (K, ...) arrays from this process's workers' slices.
+
+    For multi-host runs (`jax.distributed`): each process passes the rows of the
+    workers whose devices it owns, in order.
+    """
+    if self.backend != "shard_map":
+      raise ValueError("`put_process_local` needs backend='shard_map'.")
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.sharding, np.asarray(x)),
+        tree)
+
+  def replicate(self, tree: Any) -> Any:
+    """K copies of a tree, stacked along a new leading axis and placed."""
+    return self.put(jax.tree.map(
+        lambda x: np.broadcast_to(np.asarray(x), (self.num_workers,) + np.shape(x)),
+        tree))
+
+  def split(self, batch: Any) -> Any:
+    """Splits a global batch (N, ...) into K worker batches (K, N/K, ...)."""
+
+    def split_leaf(x):
+      n = np.shape(x)[0] if np.ndim(x) else 0
+      if n % self.num_workers:
+        raise ValueError(
+            f"`batch` has a leading size {n}, which the number of workers "
+            f"K={self.num_workers} does not divide: use a global batch that is a "
+            f"multiple of {self.num_workers} (K x local batch).")
+      return np.reshape(np.asarray(x), (self.num_workers, n // self.num_workers)
+                        + np.shape(x)[1:])
+
+    return self.put(jax.tree.map(split_leaf, batch))
+
+  # Reading results.
+
+  @staticmethod
+  def unreplicate(tree: Any) -> Any:
+    """Worker 0's copy of a stacked tree (for values equal on all workers)."""
+    return jax.tree.map(lambda x: x[0], tree)
+
+  @staticmethod
+  def mean(tree: Any) -> Any:
+    """The mean over workers, e.g. of per-worker BatchNorm running statistics."""
+    return jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)
+
+  def evaluation_params(self, params: Any, opt_state: Any) -> Any:
+    """The shared point y_t, unstacked (see `extrap_optax.evaluation_params`)."""
+    return self.unreplicate(extrapolation.evaluation_params(params, opt_state))
+
+  # Running per-worker code.
+
+  def map(
+      self,
+      fn: Callable[..., Any],
+      *,
+      in_axes: int | None | Sequence[int | None] = 0,
+      donate_argnums: int | Sequence[int] = (),
+  ) -> Callable[..., Any]:
+    """Runs `fn`, written for one worker, on all K workers; returns a jitted function.
+
+    Inside `fn`, collectives over `self.axis_name` (such as the gradient `pmean`
+    of the transforms of this package) reduce over all K workers.
+
+    Args:
+      fn: a function of one worker's arguments.
+      in_axes: per argument, 0 for arguments stacked per worker (K, ...) or None
+        for arguments shared by all workers (e.g. the step number).
+      donate_argnums: arguments whose buffers the step may reuse.
+
+    Returns:
+      A function of the stacked arguments returning stacked outputs (K, ...).
+    """
+    if self.backend == "vmap":
+      return self._map_vmap(fn, in_axes, donate_argnums)
+    if self.backend == "pmap":
+      return self._map_pmap(fn, in_axes, donate_argnums)
+    return self._map_shard_map(fn, in_axes, donate_argnums)
+
+  def _check_leading(self, tree: Any, name: str) -> None:
+    for leaf in jax.tree.leaves(tree):
+      if np.ndim(leaf) == 0 or np.shape(leaf)[0] != self.num_workers:
+        raise ValueError(
+            f"`{name}` must be stacked per worker with a leading axis of size "
+            f"K={self.num_workers}, got a leaf of shape {np.shape(leaf)}. Use "
+            "`replicate` for a single copy or `split` for a global batch.")
+
+  def _map_vmap(self, fn, in_axes, donate_argnums):
+    def run(*args):
+      axes = _per_arg_axes(in_axes, len(args))
+      inner = jax.vmap(fn, in_axes=axes, axis_name=WORKER_AXIS)
+      outer = jax.vmap(inner, in_axes=axes, axis_name=DEVICE_AXIS)
+      args = [a if ax is None else jax.tree.map(lambda x: x[None], a)
+              for a, ax in zip(args, axes)]
+      return jax.tree.map(lambda x: x[0], outer(*args))
+
+    return jax.jit(run, donate_argnums=donate_argnums)
+
+  def _map_pmap(self, fn, in_axes, donate_argnums):
+    d, v = self.num_devices, self.workers_per_device
+    blocks_sharding = NamedSharding(Mesh(np.array(self.devices), (DEVICE_AXIS,)), P(DEVICE_AXIS))
+    cache = {}
+
+    def run(*args):
+      axes = _per_arg_axes(in_axes, len(args))
+      if axes not in cache:
+        cache[axes] = jax.pmap(
+            jax.vmap(fn, in_axes=axes, axis_name=WORKER_AXIS),
+            axis_name=DEVICE_AXIS, in_axes=axes, devices=self.devices,
+            donate_argnums=donate_argnums)
+      blocks = [a if ax is None else jax.device_put(jax.tree.map(
+          lambda x: jnp.reshape(x, (d, v) + jnp.shape(x)[1:]), a), blocks_sharding)
+                for a, ax in zip(args, axes)]
+      out = cache[axes](*blocks)
+      return jax.tree.map(lambda x: jnp.reshape(x, (d * v,) + x.shape[2:]), out)
+
+    return run
+
+  def _map_shard_map(self, fn, in_axes, donate_argnums):
+    one_per_device = self.workers_per_device == 1
+
+    def per_device(axes, *args):
+      if one_per_device:
+        args = [a if ax is None else jax.tree.map(lambda x: x[0], a)
+                for a, ax in zip(args, axes)]
+        return jax.tree.map(lambda x: jnp.expand_dims(x, 0), fn(*args))
+      return jax.vmap(fn, in_axes=axes, axis_name=WORKER_AXIS)(*args)
+
+    def run(*args):
+      axes = _per_arg_axes(in_axes, len(args))
+      specs = tuple(P() if ax is None else self._stacked_spec for ax in axes)
+      mapped = jax.shard_map(
+          lambda *a: per_device(axes, *a), mesh=self.mesh, in_specs=specs,
+          out_specs=self._stacked_spec,
+          # A pmean over a vmap axis inside shard_map needs check_vma=False
+          # (PLATFORM.md), and post-local SGD's branches differ in variance.
+          check_vma=False)
+      return mapped(*args)
+
+    return jax.jit(run, donate_argnums=donate_argnums)

@@ -20,6 +20,7 @@ import optax
 
 from extrap_optax._src import collectives
 from extrap_optax._src import extrapolation
+from extrap_optax._src import lars
 from extrap_optax._src import perturbations
 from extrap_optax._src import validation
 
@@ -53,8 +54,9 @@ def nesterov_sgd(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     weight_decay_mask: MaskOrFn = matrices_only,
+    trust_coefficient: float | None = None,
 ) -> optax.GradientTransformation:
-  """The base step (no communication): coupled L2 + Nesterov momentum + −γ_t.
+  """The base step (no communication): coupled L2 [+ LARS] + Nesterov momentum + −γ_t.
 
   Args:
     learning_rate: γ, a float or an `optax.Schedule`.
@@ -62,16 +64,27 @@ def nesterov_sgd(
     weight_decay: λ >= 0, added to the gradient (coupled L2, as PyTorch SGD).
     weight_decay_mask: a pytree of bools like the params, or a callable
       params -> such a tree; default `matrices_only`.
+    trust_coefficient: LARS trust coefficient γ̃ >= 0 (paper: 0.02, tuned in
+      {0.01, 0.02, 0.03}) to scale the decayed gradient per tensor as NVIDIA apex
+      LARC does (`scale_by_larc`, design notes §6), or `None` for no LARS.
 
   Returns:
-    `optax.chain(optax.add_decayed_weights(λ, mask), optax.sgd(γ, u, nesterov=True))`.
+    `optax.chain(optax.add_decayed_weights(λ, mask), optax.sgd(γ, u, nesterov=True))`,
+    with `scale_by_larc(γ, trust_coefficient=γ̃, weight_decay=λ)` in place of the
+    decay when LARS is on.
   """
   validation.check_non_negative("learning_rate", learning_rate)
   validation.check_momentum(momentum)
   validation.check_non_negative("weight_decay", weight_decay)
+  weight_decay_mask = _checked_mask("weight_decay_mask", weight_decay_mask)
+  if trust_coefficient is None:
+    preprocess = optax.add_decayed_weights(weight_decay, weight_decay_mask)
+  else:
+    preprocess = lars.scale_by_larc(
+        learning_rate, trust_coefficient=trust_coefficient,
+        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask)
   return optax.chain(
-      optax.add_decayed_weights(
-          weight_decay, _checked_mask("weight_decay_mask", weight_decay_mask)),
+      preprocess,
       optax.sgd(learning_rate, momentum=momentum or None, nesterov=momentum > 0),
   )
 
@@ -82,6 +95,7 @@ def minibatch_sgd(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     weight_decay_mask: MaskOrFn = matrices_only,
+    trust_coefficient: float | None = None,
     axis_name: validation.AxisName | None = None,
 ) -> optax.GradientTransformation:
   """Mini-batch SGD with Nesterov momentum over K workers (paper eq. 1, §5).
@@ -95,6 +109,7 @@ def minibatch_sgd(
     momentum: u in [0, 1).
     weight_decay: coupled L2 coefficient λ >= 0.
     weight_decay_mask: which tensors are decayed (default: ndim >= 2).
+    trust_coefficient: LARS (apex LARC) trust coefficient γ̃, or `None` for none.
     axis_name: the worker axis name(s), or `None` for one worker.
 
   Returns:
@@ -103,7 +118,8 @@ def minibatch_sgd(
   return optax.chain(
       collectives.all_reduce_mean(axis_name),
       nesterov_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay,
-                   weight_decay_mask=weight_decay_mask),
+                   weight_decay_mask=weight_decay_mask,
+                   trust_coefficient=trust_coefficient),
   )
 
 
@@ -115,6 +131,7 @@ def extrapolated_sgd(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     weight_decay_mask: MaskOrFn = matrices_only,
+    trust_coefficient: float | None = None,
     axis_name: validation.AxisName | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Extrapolated SGD (paper §3.2) with any perturbation source ζ.
@@ -130,6 +147,7 @@ def extrapolated_sgd(
     momentum: u in [0, 1).
     weight_decay: coupled L2 coefficient λ >= 0 (on y, never on ζ).
     weight_decay_mask: which tensors are decayed (default: ndim >= 2).
+    trust_coefficient: LARS (apex LARC) trust coefficient γ̃, or `None` for none.
     axis_name: the worker axis name(s), or `None` for one worker.
 
   Returns:
@@ -138,7 +156,8 @@ def extrapolated_sgd(
   """
   return extrapolation.extrapolate(
       nesterov_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay,
-                   weight_decay_mask=weight_decay_mask),
+                   weight_decay_mask=weight_decay_mask,
+                   trust_coefficient=trust_coefficient),
       perturbation, extrapolation_rate, axis_name=axis_name)
 
 
@@ -149,6 +168,7 @@ def extrap_sgd(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     weight_decay_mask: MaskOrFn = matrices_only,
+    trust_coefficient: float | None = None,
     axis_name: validation.AxisName | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """EXTRAP-SGD (Lin et al., ICML 2020, Algorithm 1).
@@ -174,6 +194,7 @@ def extrap_sgd(
     momentum: u in [0, 1) (paper: 0.9).
     weight_decay: coupled L2 coefficient λ >= 0 (paper: 1e-4 for ResNet-20).
     weight_decay_mask: which tensors are decayed (default: ndim >= 2).
+    trust_coefficient: LARS (apex LARC) trust coefficient γ̃, or `None` for none.
     axis_name: the worker axis name(s), or `None` for one worker.
 
   Returns:
@@ -183,7 +204,7 @@ def extrap_sgd(
       learning_rate, perturbation=perturbations.past_gradient(),
       extrapolation_rate=extrapolation_rate, momentum=momentum,
       weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
-      axis_name=axis_name)
+      trust_coefficient=trust_coefficient, axis_name=axis_name)
 
 
 def noise_extrap_sgd(
@@ -195,6 +216,7 @@ def noise_extrap_sgd(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     weight_decay_mask: MaskOrFn = matrices_only,
+    trust_coefficient: float | None = None,
     axis_name: validation.AxisName | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """The noise variants of extrapolated SGD (paper §3.2, Table 1).
@@ -211,6 +233,7 @@ def noise_extrap_sgd(
     momentum: u in [0, 1).
     weight_decay: coupled L2 coefficient λ >= 0.
     weight_decay_mask: which tensors are decayed (default: ndim >= 2).
+    trust_coefficient: LARS (apex LARC) trust coefficient γ̃, or `None` for none.
     axis_name: the worker axis name(s), or `None` for one worker.
 
   Returns:
@@ -228,4 +251,4 @@ def noise_extrap_sgd(
       learning_rate, perturbation=sources[noise](),
       extrapolation_rate=extrapolation_rate, momentum=momentum,
       weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
-      axis_name=axis_name)
+      trust_coefficient=trust_coefficient, axis_name=axis_name)

@@ -31,7 +31,7 @@ class ScaleByLarcState(NamedTuple):
   count: jax.Array
 
 
-def matrix_mask(params: optax.Params) -> Any:
+def matrices_only(params: optax.Params) -> Any:
   """True for parameter arrays with at least 2 dimensions (kernels, embeddings).
 
   The library's default weight-decay mask: biases and normalisation scales and
@@ -106,7 +106,7 @@ def scale_by_larc(
   ``torch.optim.SGD(..., weight_decay=0)``::
 
     optax.chain(
-        scale_by_larc(lr, weight_decay=1e-4, weight_decay_mask=matrix_mask),
+        scale_by_larc(lr, weight_decay=1e-4, weight_decay_mask=matrices_only),
         optax.trace(decay=0.9, nesterov=True),
         optax.scale_by_learning_rate(lr))
 
@@ -243,7 +243,7 @@ def larc_sgd(
     trust_coefficient: see `scale_by_larc`.
     weight_decay: see `scale_by_larc`.
     weight_decay_mask: see `scale_by_larc`, except that None (the default)
-      means `matrix_mask`: no decay on tensors with fewer than 2 dimensions
+      means `matrices_only`: no decay on tensors with fewer than 2 dimensions
       (biases, normalisation parameters; ALGORITHMS.md §7). Pass True to decay
       every tensor. (The default is not the callable itself because
       `optax.inject_hyperparams` would take it for a schedule.)
@@ -261,7 +261,7 @@ def larc_sgd(
           trust_coefficient=trust_coefficient,
           weight_decay=weight_decay,
           weight_decay_mask=(
-              matrix_mask if weight_decay_mask is None else weight_decay_mask),
+              matrices_only if weight_decay_mask is None else weight_decay_mask),
           clip=clip,
           eps=eps,
           mask=mask),

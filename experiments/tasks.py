@@ -1,0 +1,436 @@
+"""The three tasks behind one interface: data, model, per-worker loss, evaluation.
+
+The trainer (`experiments.train`) is task-agnostic; a `Task` gives it
+
+- `init(rng)`: one worker's parameters and model state (BatchNorm statistics,
+  the LSTM's hidden state, or nothing);
+- `loss(params, model_state, batch, rng, step)`: one worker's training loss on
+  its local batch, with the new model state and extra metrics;
+- `train_batch(step)`: the global step's (K, B, ...) batch, placed for
+  `Workers.map`; a pure function of (seed, step), so a resumed run sees the
+  same data as an uninterrupted one;
+- `evaluate(params, model_state)`: test metrics at the shared point, with the
+  model state averaged over workers.
+
+Data sources (`config.data.source`): "auto" takes CIFAR-10 from
+`$EXTRAP_OPTAX_DATA_DIR/cifar10-jpeg` when it exists, else tfds, and text from
+`$EXTRAP_OPTAX_DATA_DIR`; "synthetic" makes random data of the same shapes
+(tests and toy runs).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import extrap_optax
+from experiments import models
+from experiments.input_pipeline import cifar
+from experiments.input_pipeline import common
+from experiments.input_pipeline import multi30k
+from experiments.input_pipeline import wikitext2
+
+Batch = Any
+Metrics = dict[str, jax.Array]
+
+
+class Task(Protocol):
+  """What the trainer needs from a task (see the module docstring)."""
+
+  steps_per_epoch: int
+  # Examples (images, tokens, sentence pairs) per global step, for throughput.
+  examples_per_step: int
+  throughput_unit: str
+  # The metric the report tabulates, and whether higher is better.
+  main_metric: str
+  higher_is_better: bool
+
+  def init(self, rng: jax.Array) -> tuple[Any, Any]:
+    ...
+
+  def loss(self, params: Any, model_state: Any, batch: Batch, rng: jax.Array,
+           step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics]]:
+    ...
+
+  def train_batch(self, step: int) -> Batch:
+    ...
+
+  def evaluate(self, params: Any, model_state: Any) -> dict[str, float]:
+    ...
+
+
+def data_dir(config: ml_collections.ConfigDict) -> pathlib.Path | None:
+  """The local data root: `config.data.data_dir`, else $EXTRAP_OPTAX_DATA_DIR."""
+  value = config.data.data_dir or os.environ.get(common.DATA_DIR_ENV, "")
+  return pathlib.Path(value) if value else None
+
+
+def local_worker_rows(workers: extrap_optax.Workers) -> np.ndarray:
+  """The workers (rows of a stacked batch) whose devices this process owns."""
+  process = jax.process_index()
+  return np.array([k for k in range(workers.num_workers)
+                   if workers.devices[k // workers.workers_per_device]
+                   .process_index == process])
+
+
+def place(workers: extrap_optax.Workers, stacked: Any) -> Any:
+  """Places a host (K, ...) batch; multi-host, each process gives its own rows."""
+  if jax.process_count() == 1:
+    return workers.put(stacked)
+  rows = local_worker_rows(workers)
+  return workers.put_process_local(jax.tree.map(lambda x: x[rows], stacked))
+
+
+def _local_eval_mesh() -> Mesh:
+  return Mesh(np.array(jax.local_devices()), ("batch",))
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+class Classification:
+  """CIFAR-10/100 with ResNet-20 or VGG-11; top-1 accuracy on the test set."""
+
+  throughput_unit = "img/s"
+  main_metric = "test_accuracy"
+  higher_is_better = True
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               workers: extrap_optax.Workers):
+    self.config = config
+    data = self._load(config)
+    train_size = config.data.train_size or data.train_images.shape[0]
+    eval_size = config.data.eval_size or data.test_images.shape[0]
+    self.test_images = data.test_images[:eval_size]
+    self.test_labels = data.test_labels[:eval_size]
+    self.mean, self.std = data.mean, data.std
+    sharding = (workers.sharding if isinstance(workers.sharding, NamedSharding)
+                else None)
+    self.pipeline = cifar.DeviceCifar(
+        data.train_images[:train_size], data.train_labels[:train_size],
+        workers.num_workers, config.workers.local_batch_size, config.seed,
+        mean=data.mean, std=data.std, augment_images=config.data.augment,
+        sharding=sharding)
+    self.steps_per_epoch = self.pipeline.steps_per_epoch
+    self.examples_per_step = (workers.num_workers
+                              * config.workers.local_batch_size)
+    self.model = _image_model(config.model.name, num_classes=data.num_classes,
+                              **config.model.kwargs.to_dict())
+    self.eval_mesh = _local_eval_mesh()
+    self.eval_batch_size = _round_up(config.data.eval_batch_size,
+                                     len(jax.local_devices()))
+    self._eval_step = jax.jit(self._eval_step_fn)
+
+  @staticmethod
+  def _load(config: ml_collections.ConfigDict) -> cifar.CifarData:
+    source, dataset = config.data.source, config.data.dataset
+    root = data_dir(config)
+    has_jpeg = root is not None and (root / cifar.JPEG_SUBDIR).is_dir()
+    if source == "synthetic":
+      return _synthetic_cifar(config)
+    if source == "auto":
+      source = "jpeg" if dataset == "cifar10" and has_jpeg else "tfds"
+    if source in ("jpeg", "local"):
+      if dataset != "cifar10":
+        raise ValueError(f"data.source={source!r} only has CIFAR-10; use "
+                         f"data.source='tfds' for {dataset}.")
+      return cifar.load_cifar10_jpeg_subset(root)
+    if source == "tfds":
+      return cifar.load_cifar_tfds(dataset)
+    raise ValueError(f"Unknown data.source {source!r} for {dataset}.")
+
+  def init(self, rng: jax.Array) -> tuple[Any, Any]:
+    variables = self.model.init(rng, jnp.zeros((1, 32, 32, 3)), train=False)
+    params = variables.pop("params")
+    return params, dict(variables)
+
+  def loss(self, params, model_state, batch, rng, step):
+    del rng, step  # No dropout; augmentation is keyed in the pipeline.
+    images, labels = batch
+    logits, new_state = self.model.apply(
+        {"params": params, **model_state}, images, train=True,
+        mutable=list(model_state))
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels).mean()
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return loss, (dict(new_state), {"train_accuracy": accuracy})
+
+  def train_batch(self, step: int) -> Batch:
+    return self.pipeline.batch(step)
+
+  def _eval_step_fn(self, params, model_state, images, labels, mask):
+    logits = self.model.apply({"params": params, **model_state}, images,
+                              train=False).astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = jnp.argmax(logits, -1) == labels
+    return jnp.sum(losses * mask), jnp.sum(correct * mask)
+
+  def evaluate(self, params, model_state) -> dict[str, float]:
+    sharding = NamedSharding(self.eval_mesh, P("batch"))
+    total_loss = total_correct = 0.0
+    for images, labels, mask in cifar.eval_batches(
+        self.test_images, self.test_labels, self.eval_batch_size, self.mean,
+        self.std):
+      loss, correct = self._eval_step(
+          params, model_state, *jax.device_put((images, labels, mask),
+                                               sharding))
+      total_loss += float(loss)
+      total_correct += float(correct)
+    n = len(self.test_labels)
+    return {"test_loss": total_loss / n, "test_accuracy": total_correct / n}
+
+
+def _image_model(name: str, **kwargs: Any) -> Any:
+  # `get_model("resnet20")` fixes the depth; toy runs shrink it.
+  if name == "resnet20" and "depth" in kwargs:
+    return models.ResNet(**kwargs)
+  return models.get_model(name, **kwargs)
+
+
+def _synthetic_cifar(config: ml_collections.ConfigDict) -> cifar.CifarData:
+  """Random images whose labels a model can learn (a class-dependent tint)."""
+  num_classes = cifar.NUM_CLASSES[config.data.dataset]
+  rng = np.random.default_rng(1234)
+  train_size = config.data.train_size or 256
+  eval_size = config.data.eval_size or 64
+
+  def make(n):
+    labels = rng.integers(0, num_classes, n).astype(np.int32)
+    tint = (labels[:, None] * 37 % 256).astype(np.float64)
+    images = rng.integers(0, 128, (n, 32, 32, 3)) + tint[:, :, None, None] / 2
+    return images.astype(np.uint8), labels
+
+  train_images, train_labels = make(train_size)
+  test_images, test_labels = make(eval_size)
+  mean, std = cifar.STATS[config.data.dataset]
+  return cifar.CifarData(train_images, train_labels, test_images, test_labels,
+                         num_classes, mean, std)
+
+
+class LanguageModel:
+  """WikiText-2 with the 2-layer LSTM; perplexity on the validation stream.
+
+  The hidden state is per worker and carried between consecutive BPTT
+  segments (detached); it restarts from zero at each epoch, so it is a function
+  of the step and of the checkpointed state only.
+  """
+
+  throughput_unit = "tok/s"
+  main_metric = "valid_perplexity"
+  higher_is_better = False
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               workers: extrap_optax.Workers):
+    self.config = config
+    self.workers = workers
+    train, valid, vocab_size = self._load(config)
+    local_batch = config.workers.local_batch_size
+    self.batcher = wikitext2.LMBatcher(train, workers.num_workers, local_batch,
+                                       config.data.bptt)
+    self.steps_per_epoch = self.batcher.steps_per_epoch
+    self.examples_per_step = (workers.num_workers * local_batch
+                              * config.data.bptt)
+    self.model = models.get_model("lstm", vocab_size=vocab_size,
+                                  **config.model.kwargs.to_dict())
+    self.local_batch = local_batch
+    eval_columns = config.data.eval_batch_size
+    length = len(valid) // eval_columns
+    self.valid = valid[:length * eval_columns].reshape(eval_columns, length)
+    self._eval_step = jax.jit(self._eval_step_fn)
+
+  @staticmethod
+  def _load(config) -> tuple[np.ndarray, np.ndarray, int]:
+    if config.data.source == "synthetic":
+      vocab = config.data.synthetic_vocab_size
+      rng = np.random.default_rng(1234)
+      # A noisy cycle through the vocabulary: learnable, not trivial.
+      def stream(n):
+        ids = np.arange(n) % vocab
+        noise = rng.random(n) < 0.2
+        return np.where(noise, rng.integers(0, vocab, n), ids).astype(np.int32)
+      return (stream(config.data.train_size or 4096),
+              stream(config.data.eval_size or 512), vocab)
+    train, valid, _, vocab = wikitext2.load_wikitext2(data_dir(config))
+    if config.data.train_size:
+      train = train[:config.data.train_size]
+    if config.data.eval_size:
+      valid = valid[:config.data.eval_size]
+    return train, valid, len(vocab)
+
+  def init(self, rng):
+    carry = self.model.initial_carry(self.local_batch)
+    tokens = jnp.zeros((self.local_batch, self.config.data.bptt), jnp.int32)
+    params = self.model.init(rng, tokens, carry, train=False)["params"]
+    return params, {"carry": carry}
+
+  def loss(self, params, model_state, batch, rng, step):
+    inputs, targets = batch
+    fresh = step % self.steps_per_epoch == 0
+    carry = jax.tree.map(lambda c: jnp.where(fresh, jnp.zeros_like(c), c),
+                         model_state["carry"])
+    logits, carry = self.model.apply({"params": params}, inputs, carry,
+                                     train=True, rngs={"dropout": rng})
+    loss = models.language_model_loss(logits, targets)
+    carry = jax.lax.stop_gradient(carry)
+    return loss, ({"carry": carry}, {"train_perplexity": jnp.exp(loss)})
+
+  def train_batch(self, step: int) -> Batch:
+    return place(self.workers, self.batcher.batch(step))
+
+  def _eval_step_fn(self, params, carry, inputs, targets):
+    logits, carry = self.model.apply({"params": params}, inputs, carry,
+                                     train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), targets)
+    return jnp.sum(losses), carry
+
+  def evaluate(self, params, model_state):
+    del model_state  # Evaluation starts from a fresh hidden state.
+    bptt = self.config.data.bptt
+    carry = self.model.initial_carry(self.valid.shape[0])
+    total, count = 0.0, 0
+    for start in range(0, self.valid.shape[1] - 1, bptt):
+      length = min(bptt, self.valid.shape[1] - 1 - start)
+      inputs = self.valid[:, start:start + length]
+      targets = self.valid[:, start + 1:start + 1 + length]
+      loss, carry = self._eval_step(params, carry, inputs, targets)
+      total += float(loss)
+      count += targets.size
+    mean = total / count
+    return {"valid_loss": mean, "valid_perplexity": float(np.exp(mean))}
+
+
+class Translation:
+  """Multi30k en-de with the Transformer; validation loss and test BLEU."""
+
+  throughput_unit = "pairs/s"
+  main_metric = "test_bleu"
+  higher_is_better = True
+  label_smoothing = 0.1
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               workers: extrap_optax.Workers):
+    self.config = config
+    self.workers = workers
+    self.data = self._load(config)
+    src, tgt = self.data.ids["train"]
+    if config.data.train_size:
+      src, tgt = src[:config.data.train_size], tgt[:config.data.train_size]
+    self.batcher = multi30k.TranslationBatcher(
+        src, tgt, workers.num_workers, config.workers.local_batch_size,
+        config.seed)
+    self.steps_per_epoch = self.batcher.steps_per_epoch
+    self.examples_per_step = (workers.num_workers
+                              * config.workers.local_batch_size)
+    self.model = models.get_model(
+        "transformer", src_vocab_size=len(self.data.src_vocab),
+        tgt_vocab_size=len(self.data.tgt_vocab),
+        **config.model.kwargs.to_dict())
+    size = config.data.eval_size or None
+    self.valid = tuple(x[:size] for x in self.data.ids["validation"])
+    self.test = tuple(x[:size] for x in self.data.ids["test"])
+    self.test_text = self.data.text["test"][1][:size]
+    self._eval_step = jax.jit(self._eval_step_fn)
+
+  @staticmethod
+  def _load(config) -> multi30k.TranslationData:
+    if config.data.source == "synthetic":
+      return _synthetic_translation(config)
+    return multi30k.load_translation_data(data_dir(config))
+
+  def init(self, rng):
+    tokens = jnp.ones((1, 8), jnp.int32)
+    return self.model.init(rng, tokens, tokens, train=False)["params"], {}
+
+  def loss(self, params, model_state, batch, rng, step):
+    del step
+    src, tgt = batch
+    logits = self.model.apply({"params": params}, src, tgt[:, :-1], train=True,
+                              rngs={"dropout": rng})
+    loss = models.label_smoothed_cross_entropy(logits, tgt[:, 1:],
+                                               self.label_smoothing)
+    return loss, (model_state, {})
+
+  def train_batch(self, step: int) -> Batch:
+    return place(self.workers, self.batcher.batch(step))
+
+  def _eval_step_fn(self, params, src, tgt, mask):
+    logits = self.model.apply({"params": params}, src, tgt[:, :-1],
+                              train=False).astype(jnp.float32)
+    targets = tgt[:, 1:]
+    weights = (targets != multi30k.PAD_ID) * mask[:, None]
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return jnp.sum(losses * weights), jnp.sum(weights)
+
+  def evaluate(self, params, model_state):
+    del model_state
+    batch_size = self.config.data.eval_batch_size
+    total = count = 0.0
+    for src, tgt, mask in multi30k.eval_batches(*self.valid, batch_size):
+      loss, n = self._eval_step(params, src, tgt, mask)
+      total, count = total + float(loss), count + float(n)
+    hypotheses = []
+    for src, _, mask in multi30k.eval_batches(*self.test, batch_size):
+      if self.config.data.beam_size > 1:
+        out, _ = models.beam_search(
+            self.model, params, src, max_len=self.config.data.max_decode_len,
+            bos_id=multi30k.BOS_ID, eos_id=multi30k.EOS_ID,
+            beam_size=self.config.data.beam_size)
+      else:
+        out = models.greedy_decode(
+            self.model, params, src, max_len=self.config.data.max_decode_len,
+            bos_id=multi30k.BOS_ID, eos_id=multi30k.EOS_ID)
+      hypotheses.extend(np.asarray(out)[np.asarray(mask)].tolist())
+    bleu = multi30k.bleu(hypotheses, self.test_text, self.data.tgt_vocab,
+                         self.data.tgt_tokenizer)
+    mean = total / max(count, 1.0)
+    return {"valid_loss": mean, "valid_perplexity": float(np.exp(mean)),
+            "test_bleu": bleu}
+
+
+def _synthetic_translation(config) -> multi30k.TranslationData:
+  """A learnable toy translation: the target is the reversed source."""
+  words = tuple(f"w{i}" for i in range(config.data.synthetic_vocab_size))
+  vocab = common.Vocab(multi30k.SPECIALS + words, unk=multi30k.UNK)
+  tokenizer = multi30k.Tokenizer("de")
+  rng = np.random.default_rng(1234)
+  sizes = {"train": config.data.train_size or 64,
+           "validation": config.data.eval_size or 8,
+           "test": config.data.eval_size or 8}
+  text, ids = {}, {}
+  for split, n in sizes.items():
+    sentences = [list(rng.choice(words, rng.integers(2, 7))) for _ in range(n)]
+    src = [np.asarray(vocab.encode(s) + [multi30k.EOS_ID], np.int32)
+           for s in sentences]
+    tgt = [np.asarray([multi30k.BOS_ID] + vocab.encode(s[::-1])
+                      + [multi30k.EOS_ID], np.int32) for s in sentences]
+    ids[split] = (src, tgt)
+    text[split] = ([" ".join(s) for s in sentences],
+                   [" ".join(s[::-1]) for s in sentences])
+  return multi30k.TranslationData(text, tokenizer, tokenizer, vocab, vocab,
+                                  ids)
+
+
+TASKS = {
+    "classification": Classification,
+    "language_model": LanguageModel,
+    "translation": Translation,
+}
+
+
+def make_task(config: ml_collections.ConfigDict,
+              workers: extrap_optax.Workers) -> Task:
+  """Builds the task `config.task` for `workers`."""
+  if config.task not in TASKS:
+    raise ValueError(f"Unknown task {config.task!r}; choose one of "
+                     f"{', '.join(TASKS)}.")
+  return TASKS[config.task](config, workers)

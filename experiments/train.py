@@ -1,0 +1,444 @@
+"""The one trainer for every task, method and scale.
+
+`Trainer(config, run_dir).train()` runs one configuration (see
+`experiments/configs/base.py` for the fields) with K workers of
+`extrap_optax.Workers` on whatever devices exist, and writes to `run_dir`:
+
+- `config.json`: the resolved configuration;
+- `metrics.jsonl`: one JSON record per logging / evaluation step;
+- `tb/`: the same metrics as TensorBoard summaries (tensorboardX);
+- `checkpoints/`: orbax checkpoints of the whole stacked state;
+- `summary.json`: status and final metrics; `curves.png`: the learning curves.
+
+A run directory that holds checkpoints is resumed from the newest one; data
+order and random keys are functions of (seed, step), so the resumed run
+follows the uninterrupted trajectory exactly. A non-finite training loss stops
+the run with `NonFiniteLossError`; the non-finite state is never saved, so the
+newest checkpoint is the last good one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import extrap_optax
+from experiments import checkpointing
+from experiments import report
+from experiments import tasks
+
+# fold_in tags separating the random streams of one seed.
+_INIT_STREAM, _STEP_STREAM = 0, 1
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss became NaN or infinite."""
+
+
+def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """`num_steps` when set, else `num_epochs` worth of steps (at least one)."""
+  if config.num_steps > 0:
+    return config.num_steps
+  return max(1, round(config.num_epochs * steps_per_epoch))
+
+
+def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                  num_steps: int) -> optax.Schedule:
+  """The learning rate γ_t: Goyal et al. (with or without decay) or inverse sqrt."""
+  schedule = config.schedule
+  num_workers = config.workers.num_workers
+  local_batch = config.workers.local_batch_size
+  goyal_args = dict(
+      num_workers=num_workers, local_batch_size=local_batch,
+      reference_batch_size=schedule.reference_batch_size or None,
+      steps_per_epoch=steps_per_epoch, warmup_epochs=schedule.warmup_epochs)
+  lr = config.optimizer.base_learning_rate
+  if schedule.name == "goyal":
+    return extrap_optax.goyal_schedule(
+        lr, total_steps=num_steps, decay_fractions=schedule.decay_fractions,
+        decay_factor=schedule.decay_factor, **goyal_args)
+  if schedule.name == "constant":
+    return extrap_optax.constant_after_warmup(lr, **goyal_args)
+  if schedule.name == "inverse_sqrt":
+    return extrap_optax.inverse_sqrt_schedule(
+        config.model.kwargs.get("d_model", 256),
+        global_batch_size=num_workers * local_batch,
+        reference_warmup_steps=schedule.reference_warmup_steps,
+        scale=schedule.scale)
+  raise ValueError(f"Unknown schedule.name {schedule.name!r}; choose goyal, "
+                   "constant or inverse_sqrt.")
+
+
+def local_start_step(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                     num_steps: int) -> int:
+  """Post-local SGD's t0: `local_start_epoch`, else the first rate decay."""
+  start_epoch = config.optimizer.local_start_epoch
+  if start_epoch >= 0:
+    return round(start_epoch * steps_per_epoch)
+  fractions = config.schedule.decay_fractions
+  if config.schedule.name != "goyal" or not fractions:
+    raise ValueError(
+        "Post-local SGD starts at the first learning-rate decay by default, "
+        "but this schedule has none: set optimizer.local_start_epoch.")
+  # The boundary rule of `goyal_schedule`: the first step at or past f·T.
+  return math.ceil(round(fractions[0] * num_steps, 6))
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   learning_rate: optax.Schedule, steps_per_epoch: int,
+                   num_steps: int,
+                   axis_name: Any) -> optax.GradientTransformation:
+  """The method of `config.optimizer` over the workers' `axis_name`."""
+  opt = config.optimizer
+  num_workers = config.workers.num_workers
+  extrapolation_rate = extrap_optax.extrapolation_rate_schedule(
+      learning_rate, num_workers=num_workers, scale=opt.extrapolation_scale)
+  sgd_args = dict(momentum=opt.momentum, weight_decay=opt.weight_decay,
+                  trust_coefficient=opt.trust_coefficient or None,
+                  axis_name=axis_name)
+  adam_args = dict(b1=opt.b1, b2=opt.b2, eps=opt.eps, axis_name=axis_name)
+  method = opt.method
+  if method == "minibatch_sgd":
+    return extrap_optax.minibatch_sgd(learning_rate, **sgd_args)
+  if method == "extrap_sgd":
+    return extrap_optax.extrap_sgd(
+        learning_rate, extrapolation_rate=extrapolation_rate, **sgd_args)
+  if method == "noise_extrap_sgd":
+    return extrap_optax.noise_extrap_sgd(
+        learning_rate, extrapolation_rate=extrapolation_rate, noise=opt.noise,
+        seed=config.seed, **sgd_args)
+  if method in ("post_local_sgd", "post_local_extrap_sgd"):
+    return extrap_optax.post_local_sgd(
+        learning_rate,
+        start_step=local_start_step(config, steps_per_epoch, num_steps),
+        sync_period=opt.sync_period,
+        extrapolation_rate=(extrapolation_rate
+                            if method == "post_local_extrap_sgd" else 0.0),
+        **sgd_args)
+  if method == "adam":
+    return extrap_optax.adam(learning_rate, **adam_args)
+  if method == "extrap_adam":
+    return extrap_optax.extrap_adam(
+        learning_rate, extrapolation_rate=extrapolation_rate, **adam_args)
+  raise ValueError(f"Unknown optimizer.method {method!r}.")
+
+
+def _evaluation_steps(config: ml_collections.ConfigDict,
+                      num_steps: int) -> set[int]:
+  if config.eval_every_steps > 0:
+    steps = set(range(config.eval_every_steps, num_steps + 1,
+                      config.eval_every_steps))
+  else:
+    count = max(1, config.num_evals)
+    steps = {round(num_steps * i / count) for i in range(1, count + 1)}
+  return (steps | {num_steps}) - {0}
+
+
+def _is_due(step: int, every: int, last: int) -> bool:
+  return step == last or (every > 0 and step % every == 0)
+
+
+def _host(tree: Any) -> Any:
+  """A replicated (or single-device) tree as numpy, on every process."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+class Trainer:
+  """Trains one configuration in one run directory (see the module docstring)."""
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               run_dir: str | pathlib.Path,
+               workers: extrap_optax.Workers | None = None):
+    """Builds the workers, the task, the optimizer and the step functions.
+
+    Args:
+      config: the run configuration.
+      run_dir: where the run's artifacts go (created).
+      workers: the workers to use; default `Workers(config.workers.num_workers,
+        backend=config.workers.backend)` over all devices.
+    """
+    self.config = config
+    self.run_dir = pathlib.Path(run_dir)
+    self.is_main_process = jax.process_index() == 0
+    self.workers = workers or extrap_optax.Workers(
+        config.workers.num_workers, backend=config.workers.backend)
+    self.task = tasks.make_task(config, self.workers)
+    self.steps_per_epoch = self.task.steps_per_epoch
+    self.num_steps = total_steps(config, self.steps_per_epoch)
+    self.learning_rate = make_schedule(config, self.steps_per_epoch,
+                                       self.num_steps)
+    axis_name = self.workers.axis_name
+    self.axis_name = axis_name
+    self.tx = make_optimizer(config, self.learning_rate, self.steps_per_epoch,
+                             self.num_steps, axis_name)
+    self.base_key = jax.random.key(config.seed)
+    self._train_step = self.workers.map(
+        self._step_fn, in_axes=(0, 0, None), donate_argnums=(0,))
+    self._probe_step = self.workers.map(
+        self._probe_step_fn, in_axes=(0, 0, None), donate_argnums=(0,))
+    replicated = (NamedSharding(self.workers.mesh, P())
+                  if self.workers.mesh is not None else None)
+    averages_points = config.optimizer.method.startswith("post_local")
+    self._first = jax.jit(lambda t: jax.tree.map(lambda x: x[0], t),
+                          out_shardings=replicated)
+    self._eval_point = jax.jit(
+        make_eval_point(averages_points), out_shardings=replicated)
+    self._all_finite = jax.jit(
+        lambda t: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                                     for x in jax.tree.leaves(t)])),
+        out_shardings=replicated)
+
+  # Per-worker step functions (run under `Workers.map`).
+
+  def _gradients(self, params, model_state, batch, step):
+    rng = jax.random.fold_in(
+        jax.random.fold_in(jax.random.fold_in(self.base_key, _STEP_STREAM),
+                           step), extrap_optax.worker_index(self.axis_name))
+    loss_fn = lambda p: self.task.loss(p, model_state, batch, rng, step)
+    (loss, (model_state, metrics)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params)
+    clip = self.config.optimizer.grad_clip_norm
+    if clip > 0:
+      # On each worker's local gradient, before averaging (App. C, footnote 11).
+      grads, _ = optax.clip_by_global_norm(clip).update(grads,
+                                                        optax.EmptyState())
+    return loss, grads, model_state, metrics, loss_fn
+
+  def _step_fn(self, state, batch, step):
+    params, opt_state = state["params"], state["opt_state"]
+    loss, grads, model_state, metrics, _ = self._gradients(
+        params, state["model_state"], batch, step)
+    updates, opt_state = self.tx.update(grads, opt_state, params)
+    new_state = {"params": optax.apply_updates(params, updates),
+                 "opt_state": opt_state, "model_state": model_state}
+    metrics = jax.lax.pmean({"train_loss": loss, **metrics}, self.axis_name)
+    return new_state, metrics
+
+  def _probe_step_fn(self, state, batch, step):
+    """A training step plus the smoothness L of its update (Figure 1b)."""
+    new_state, metrics = self._step_fn(state, batch, step)
+    before = extrap_optax.evaluation_params(state["params"], state["opt_state"])
+    after = extrap_optax.evaluation_params(new_state["params"],
+                                           new_state["opt_state"])
+    update = jax.tree.map(jnp.subtract, after, before)
+    _, _, _, _, loss_fn = self._gradients(state["params"],
+                                          state["model_state"], batch, step)
+
+    def grad_fn(params):
+      # The gradient of the global mini-batch at the shared point.
+      grads = jax.grad(lambda p: loss_fn(p)[0])(params)
+      return jax.lax.pmean(grads, self.axis_name)
+
+    metrics["smoothness"] = extrap_optax.smoothness_probe(
+        grad_fn, before, update, num_steps=self.config.probe_num_steps,
+        step_fraction=self.config.probe_step_fraction)
+    return new_state, metrics
+
+  # Host side.
+
+  def init_state(self) -> dict[str, Any]:
+    """The stacked initial state: identical parameters on all K workers."""
+    # Jitted: op-by-op initialisation of a ResNet is slow on CPU.
+    params, model_state = jax.jit(self.task.init)(
+        jax.random.fold_in(self.base_key, _INIT_STREAM))
+    params = self.workers.replicate(params)
+    opt_state = self.workers.map(self.tx.init)(params)
+    return {"params": params, "opt_state": opt_state,
+            "model_state": self.workers.replicate(model_state)}
+
+  def evaluate(self, state: dict[str, Any]) -> dict[str, float]:
+    """Test metrics at the shared point with worker-averaged model state."""
+    params, model_state = _host(self._eval_point(
+        state["params"], state["opt_state"], state["model_state"]))
+    return self.task.evaluate(params, model_state)
+
+  def final_parameters(self, state: dict[str, Any]) -> Any:
+    """The shared point y (as evaluated), as numpy."""
+    return _host(self._eval_point(state["params"], state["opt_state"],
+                                  state["model_state"]))[0]
+
+  def _write(self, record: dict[str, Any], writer: Any) -> None:
+    if not self.is_main_process:
+      return
+    with open(self.run_dir / "metrics.jsonl", "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key, value in record.items():
+      if key not in ("step", "epoch"):
+        writer.add_scalar(key, value, record["step"])
+
+  def _truncate_metrics(self, last_step: int) -> None:
+    """Drops records past the restored checkpoint (they will be redone)."""
+    path = self.run_dir / "metrics.jsonl"
+    if not self.is_main_process or not path.exists():
+      return
+    records = [line for line in path.read_text().splitlines()
+               if line and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(r + "\n" for r in records))
+
+  def train(self) -> dict[str, Any]:
+    """Runs (or resumes) training to the end; returns the summary.
+
+    Raises:
+      NonFiniteLossError: the training loss became NaN or infinite.
+    """
+    import tensorboardX  # Imported here: only the main process writes.
+
+    config = self.config
+    self.run_dir.mkdir(parents=True, exist_ok=True)
+    if self.is_main_process:
+      (self.run_dir / "config.json").write_text(config.to_json_best_effort(
+          indent=2, sort_keys=True))
+    checkpointer = checkpointing.Checkpointer(
+        self.run_dir / "checkpoints", max_to_keep=config.keep_checkpoints)
+    state = self.init_state()
+    step = checkpointer.latest_step() or 0
+    if step:
+      state = checkpointer.restore(step, state)
+    self._truncate_metrics(step)
+    writer = (tensorboardX.SummaryWriter(str(self.run_dir / "tb"))
+              if self.is_main_process else None)
+    eval_steps = _evaluation_steps(config, self.num_steps)
+    progress = tqdm.tqdm(
+        total=self.num_steps, initial=step, desc=config.name,
+        disable=not (config.progress_bar and self.is_main_process),
+        dynamic_ncols=True)
+    pending: list[tuple[int, Any]] = []
+    last_eval: dict[str, float] = {}
+    last_train: dict[str, float] = {}
+    status = "completed"
+    start_time = last_time = time.perf_counter()
+    first_step_seconds = None
+    steps_timed = 0
+    try:
+      while step < self.num_steps:
+        batch = self.task.train_batch(step)
+        probe = (config.probe_every_steps > 0
+                 and (step + 1) % config.probe_every_steps == 0)
+        run_step = self._probe_step if probe else self._train_step
+        state, metrics = run_step(state, batch, step)
+        step += 1
+        pending.append((step, metrics))
+        if first_step_seconds is None:
+          jax.block_until_ready(metrics)
+          first_step_seconds = time.perf_counter() - start_time
+          last_time, pending_start = time.perf_counter(), step
+        evaluate = step in eval_steps
+        checkpoint = _is_due(step, config.checkpoint_every_steps,
+                             self.num_steps)
+        if evaluate or checkpoint or _is_due(step, config.log_every_steps,
+                                             self.num_steps):
+          records = self._flush(pending)
+          pending = []
+          now = time.perf_counter()
+          done = step - pending_start
+          throughput = (done * self.task.examples_per_step
+                        / max(now - last_time, 1e-9)) if done else 0.0
+          if done:
+            steps_timed += done
+          last_time, pending_start = now, step
+          for record in records:
+            if record["step"] == step and throughput:
+              record["throughput"] = throughput
+            self._write(record, writer)
+          last_train = records[-1]
+          progress.set_postfix(
+              loss=f"{last_train['train_loss']:.4f}",
+              **{self.task.throughput_unit: f"{throughput:.0f}"})
+          if evaluate:
+            last_eval = self.evaluate(state)
+            self._write({"step": step, "epoch": step / self.steps_per_epoch,
+                         **last_eval}, writer)
+            progress.write(f"[{config.name}] step {step}: " + ", ".join(
+                f"{k}={v:.4f}" for k, v in last_eval.items()))
+          if checkpoint:
+            if not bool(_host(self._all_finite(state["params"]))):
+              raise NonFiniteLossError(
+                  f"Parameters became non-finite by step {step}.")
+            checkpointer.save(step, state)
+        progress.update(1)
+    except NonFiniteLossError as error:
+      status = "diverged"
+      message = (f"Run {config.name!r} stopped: {error} The last good "
+                 f"checkpoint is step {checkpointer.latest_step()} in "
+                 f"{checkpointer.directory}; try a lower learning rate.")
+      progress.write(message)
+      self._write_summary(status, step, {}, last_train, time.perf_counter()
+                          - start_time, first_step_seconds, message=message)
+      raise NonFiniteLossError(message) from error
+    finally:
+      progress.close()
+      checkpointer.close()
+      if writer is not None:
+        writer.close()
+    self.state = state
+    summary = self._write_summary(status, step, last_eval, last_train,
+                                  time.perf_counter() - start_time,
+                                  first_step_seconds)
+    if self.is_main_process:
+      report.plot_run(self.run_dir)
+    return summary
+
+  def _flush(self, pending: list[tuple[int, Any]]) -> list[dict[str, Any]]:
+    """Fetches the pending steps' metrics; stops at a non-finite loss."""
+    values = _host(self._first([m for _, m in pending]))
+    records = []
+    for (step, _), metrics in zip(pending, values):
+      record = {"step": step, "epoch": step / self.steps_per_epoch,
+                "learning_rate": float(self.learning_rate(step - 1)),
+                **{k: float(v) for k, v in metrics.items()}}
+      if not math.isfinite(record["train_loss"]):
+        raise NonFiniteLossError(
+            f"The training loss is {record['train_loss']} at step {step}.")
+      records.append(record)
+    return records
+
+  def _write_summary(self, status, step, last_eval, last_train, seconds,
+                     first_step_seconds, message=""):
+    summary = {
+        "name": self.config.name, "preset": self.config.preset,
+        "row": self.config.row, "column": self.config.column,
+        "seed": self.config.seed, "status": status, "message": message,
+        "steps": step, "total_steps": self.num_steps,
+        "epochs": step / self.steps_per_epoch,
+        "steps_per_epoch": self.steps_per_epoch,
+        "main_metric": self.task.main_metric,
+        "higher_is_better": self.task.higher_is_better,
+        "wall_seconds": seconds, "first_step_seconds": first_step_seconds,
+        "final_train_loss": last_train.get("train_loss"),
+        **{f"final_{k}": v for k, v in last_eval.items()},
+    }
+    if self.is_main_process:
+      (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def make_eval_point(averages_points: bool):
+  """The evaluation point of stacked trees, as (parameters, model state).
+
+  The parameters are the shared point y (`extrap_optax.evaluation_params`;
+  worker 0's copy, or the workers' mean for post-local SGD) and the model
+  state (BatchNorm statistics) is averaged over workers (`Workers.mean`).
+  """
+
+  def eval_point(params, opt_state, model_state):
+    shared = extrap_optax.evaluation_params(params, opt_state)
+    if averages_points:
+      # Between averaging rounds of post-local SGD the workers' models differ;
+      # their average is the model the next round would produce.
+      shared = extrap_optax.Workers.mean(shared)
+    else:
+      shared = jax.tree.map(lambda x: x[0], shared)
+    return shared, extrap_optax.Workers.mean(model_state)
+
+  return eval_point

@@ -1,0 +1,445 @@
+"""Input pipeline tests that need no real data (synthetic and tmp files)."""
+
+import gzip
+import hashlib
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments.input_pipeline import cifar
+from experiments.input_pipeline import common
+from experiments.input_pipeline import multi30k
+from experiments.input_pipeline import wikitext2
+
+# ----------------------------------------------------------------- CIFAR
+
+
+def _random_images(n: int, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3),
+                                              dtype=np.uint8)
+
+
+def _numpy_crop_flip(image: np.ndarray, dy: int, dx: int,
+                     flip: bool) -> np.ndarray:
+  padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+  out = padded[dy:dy + 32, dx:dx + 32]
+  return out[:, ::-1] if flip else out
+
+
+def test_worker_partitions_disjoint_cover_and_drop_remainder():
+  parts = cifar.worker_partitions(103, 4, seed=7)
+  assert parts.shape == (4, 25)
+  flat = parts.ravel()
+  assert len(set(flat.tolist())) == 100  # disjoint, 3 left over dropped
+  assert set(flat.tolist()) <= set(range(103))
+  np.testing.assert_array_equal(parts, cifar.worker_partitions(103, 4, 7))
+  assert not np.array_equal(parts, cifar.worker_partitions(103, 4, 8))
+
+
+def test_device_cifar_epoch_covers_each_partition_once():
+  n, k, b = 200, 4, 12
+  data = cifar.DeviceCifar(_random_images(n), np.arange(n) % 10, k, b, seed=3)
+  assert data.steps_per_epoch == (n // k) // b == 4
+  for epoch in range(2):
+    idx = np.stack([np.asarray(data.indices(epoch * data.steps_per_epoch + s))
+                    for s in range(data.steps_per_epoch)], axis=1)
+    assert idx.shape == (k, data.steps_per_epoch, b)
+    for w in range(k):
+      drawn = idx[w].ravel()
+      assert len(set(drawn.tolist())) == drawn.size  # no repeats in an epoch
+      assert set(drawn.tolist()) <= set(data.partitions[w].tolist())
+    assert len(set(idx.ravel().tolist())) == idx.size  # workers disjoint
+
+
+def test_device_cifar_deterministic_by_step_and_reshuffled_per_epoch():
+  n, k, b = 160, 4, 8
+  images, labels = _random_images(n), np.arange(n) % 10
+  a = cifar.DeviceCifar(images, labels, k, b, seed=1)
+  same = cifar.DeviceCifar(images, labels, k, b, seed=1)
+  other = cifar.DeviceCifar(images, labels, k, b, seed=2)
+  xa, ya = a.batch(5)
+  xs, ys = same.batch(5)
+  assert xa.shape == (k, b, 32, 32, 3) and xa.dtype == np.float32
+  assert ya.shape == (k, b)
+  np.testing.assert_array_equal(np.asarray(xa), np.asarray(xs))
+  np.testing.assert_array_equal(np.asarray(ya), np.asarray(ys))
+  assert not np.array_equal(np.asarray(a.indices(5)),
+                            np.asarray(other.indices(5)))
+  spe = a.steps_per_epoch
+  assert not np.array_equal(np.asarray(a.indices(0)),
+                            np.asarray(a.indices(spe)))
+  np.testing.assert_array_equal(np.asarray(ya),
+                                labels[np.asarray(a.indices(5))])
+
+
+def test_crop_and_flip_matches_numpy():
+  images = _random_images(6)
+  offsets = np.array([[0, 0], [8, 8], [4, 4], [1, 7], [6, 2], [3, 0]])
+  flips = np.array([False, True, False, True, True, False])
+  got = np.asarray(cifar.crop_and_flip(images, offsets, flips))
+  for i in range(6):
+    np.testing.assert_array_equal(
+        got[i], _numpy_crop_flip(images[i], *offsets[i], flips[i]))
+  np.testing.assert_array_equal(got[2], images[2])  # (4, 4) is the identity
+
+
+def test_device_augmentation_is_pad_crop_flip_and_flips_half():
+  n, k, b = 256, 4, 32
+  images = _random_images(n, seed=5)
+  mean, std = cifar.STATS["cifar10"]
+  data = cifar.DeviceCifar(images, np.zeros(n), k, b, seed=0, mean=mean,
+                           std=std)
+  candidates = [(dy, dx, f) for dy in range(9) for dx in range(9)
+                for f in (False, True)]
+  flips = []
+  for step in range(2):
+    x = np.asarray(data.batch(step)[0])
+    idx = np.asarray(data.indices(step))
+    for w in range(k):
+      for j in range(b):
+        expected = np.stack([_numpy_crop_flip(images[idx[w, j]], *c)
+                             for c in candidates]) / 255.0
+        expected = (expected - np.array(mean)) / np.array(std)
+        error = np.abs(expected - x[w, j]).max(axis=(1, 2, 3))
+        matches = np.flatnonzero(error < 1e-4)
+        assert len(matches) == 1, (step, w, j)
+        flips.append(candidates[matches[0]][2])
+  assert 0.4 < np.mean(flips) < 0.6  # 256 draws: 3 standard deviations
+
+
+def test_device_cifar_sharded_output_matches_unsharded():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("workers",))
+  sharding = jax.sharding.NamedSharding(mesh,
+                                        jax.sharding.PartitionSpec("workers"))
+  images, labels = _random_images(128), np.arange(128) % 10
+  sharded = cifar.DeviceCifar(images, labels, 8, 4, seed=0, sharding=sharding)
+  plain = cifar.DeviceCifar(images, labels, 8, 4, seed=0)
+  x, y = sharded.batch(2)
+  assert x.sharding.is_equivalent_to(sharding, x.ndim)
+  assert len(x.addressable_shards) == 8
+  np.testing.assert_array_equal(np.asarray(x), np.asarray(plain.batch(2)[0]))
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(plain.batch(2)[1]))
+
+
+def test_device_cifar_rejects_too_many_workers_or_too_small_partitions():
+  images, labels = _random_images(10), np.zeros(10)
+  with pytest.raises(ValueError, match="Cannot split 10 examples among 16"):
+    cifar.DeviceCifar(images, labels, 16, 1, seed=0)
+  with pytest.raises(ValueError, match="fewer than local_batch=4"):
+    cifar.DeviceCifar(images, labels, 4, 4, seed=0)
+
+
+def test_eval_batches_pad_and_mask():
+  images, labels = _random_images(10), np.arange(10)
+  batches = list(cifar.eval_batches(images, labels, 4, (0.5,) * 3, (0.25,) * 3))
+  assert len(batches) == 3
+  x, y, mask = batches[-1]
+  assert x.shape == (4, 32, 32, 3) and y.shape == (4,)
+  np.testing.assert_array_equal(np.asarray(mask), [True, True, False, False])
+  np.testing.assert_array_equal(np.asarray(y), [8, 9, 0, 0])
+  np.testing.assert_allclose(np.asarray(batches[0][0][0]),
+                             (images[0] / 255.0 - 0.5) / 0.25, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,num_classes", [("cifar10", 10),
+                                              ("cifar100", 100)])
+def test_cifar_tfds_builders_with_mock_data(name, num_classes, tmp_path,
+                                            monkeypatch):
+  # mock_data replaces download_and_prepare, so the TensorFlow that real
+  # preparation needs is not used; pretend it is installed.
+  monkeypatch.setattr(cifar, "tensorflow_available", lambda: True)
+  with tfds.testing.mock_data(num_examples=12):
+    data = cifar.load_cifar_tfds(name, tmp_path)
+  assert data.train_images.shape == (12, 32, 32, 3)
+  assert data.train_images.dtype == np.uint8
+  assert data.test_images.shape == (12, 32, 32, 3)
+  assert data.train_labels.dtype == np.int32
+  assert data.train_labels.max() < num_classes
+  assert data.num_classes == num_classes
+  assert (data.mean, data.std) == cifar.STATS[name]
+  x, y = cifar.DeviceCifar(data.train_images, data.train_labels, 2, 3,
+                           seed=0).batch(0)
+  assert x.shape == (2, 3, 32, 32, 3) and y.shape == (2, 3)
+
+
+def test_cifar_tfds_unprepared_errors(tmp_path):
+  with pytest.raises(common.MissingDataError, match="not prepared"):
+    cifar.load_cifar_tfds("cifar10", tmp_path, download=False)
+  if cifar.tensorflow_available():
+    pytest.skip("TensorFlow is installed: preparing would download CIFAR.")
+  with pytest.raises(RuntimeError, match="pip install tensorflow-cpu"):
+    cifar.load_cifar_tfds("cifar10", tmp_path)
+
+
+def test_jpeg_subset_missing_and_corrupt(tmp_path, monkeypatch):
+  monkeypatch.delenv(common.DATA_DIR_ENV, raising=False)
+  with pytest.raises(common.MissingDataError, match=common.DATA_DIR_ENV):
+    cifar.load_cifar10_jpeg_subset()
+  with pytest.raises(common.MissingDataError, match="does not exist"):
+    cifar.load_cifar10_jpeg_subset(tmp_path)
+  (tmp_path / "cifar10-jpeg").mkdir()
+  with pytest.raises(common.MissingDataError,
+                     match="missing cifar10_jpeg_subset.npz"):
+    cifar.load_cifar10_jpeg_subset(tmp_path)
+  zeros = np.zeros((4, 32, 32, 3), np.uint8)
+  np.savez(tmp_path / "cifar10-jpeg" / "cifar10_jpeg_subset.npz",
+           x_train=zeros, y_train=np.zeros(4, np.int64), x_test=zeros,
+           y_test=np.zeros(4, np.int64))
+  with pytest.raises(common.ChecksumError,
+                     match="array x_train.*expected 4934"):
+    cifar.load_cifar10_jpeg_subset(tmp_path)
+
+
+# ------------------------------------------------------------ WikiText-2
+
+_WIKI_TEXT = {
+    "train": " \n = Valkyria Chronicles III = \n \n Senjō no Valkyria 3 \n",
+    "validation": " \n = Homarus = \n",
+    "test": " Robert <unk> is an English actor \n",
+}
+
+
+def _sha256(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+def _write_fake_wikitext(root: pathlib.Path) -> dict[str, str]:
+  directory = root / "wikitext-2"
+  directory.mkdir(parents=True)
+  for split, text in _WIKI_TEXT.items():
+    with gzip.open(directory / wikitext2.FILES[split], "wb") as f:
+      f.write(text.encode("utf-8"))
+  return {s: _sha256(t.encode("utf-8")) for s, t in _WIKI_TEXT.items()}
+
+
+def test_load_wikitext2_pytorch_convention(tmp_path):
+  sha = _write_fake_wikitext(tmp_path)
+  train, valid, test, vocab = wikitext2.load_wikitext2(tmp_path, sha256=sha)
+  # 4 lines: 1 + 6 + 1 + 5 tokens (empty lines give one <eos> each).
+  assert (len(train), len(valid), len(test)) == (13, 5, 7)
+  assert vocab.itos[:4] == ("<eos>", "=", "Valkyria", "Chronicles")
+  assert vocab.decode(train[:6].tolist()) == [
+      "<eos>", "=", "Valkyria", "Chronicles", "III", "="]
+  assert "Robert" in vocab.stoi and train.dtype == np.int32
+
+
+def test_wikitext2_errors(tmp_path, monkeypatch):
+  monkeypatch.delenv(common.DATA_DIR_ENV, raising=False)
+  with pytest.raises(common.MissingDataError, match=common.DATA_DIR_ENV):
+    wikitext2.load_wikitext2()
+  with pytest.raises(common.MissingDataError,
+                     match=r"wikitext-2 does not exist.*train.txt.gz"):
+    wikitext2.load_wikitext2(tmp_path)
+  sha = _write_fake_wikitext(tmp_path)
+  (tmp_path / "wikitext-2" / "valid.txt.gz").unlink()
+  with pytest.raises(common.MissingDataError,
+                     match=r"incomplete: missing valid.txt.gz \(gzip of"):
+    wikitext2.load_wikitext2(tmp_path, sha256=sha)
+  with pytest.raises(common.ChecksumError) as error:
+    wikitext2.read_lines(tmp_path / "wikitext-2" / "train.txt.gz",
+                         wikitext2.SHA256["train"])
+  message = str(error.value)
+  assert "train.txt.gz" in message
+  assert wikitext2.SHA256["train"] in message and sha["train"] in message
+
+
+def test_wikitext2_builder_from_manual_dir(tmp_path):
+  sha = _write_fake_wikitext(tmp_path / "data")
+
+  class FakeWikitext2(wikitext2.Wikitext2, skip_registration=True):
+    SHA256 = sha
+
+  builder = wikitext2.prepare_wikitext2(tmp_path / "tfds", tmp_path / "data",
+                                        builder_cls=FakeWikitext2)
+  source = builder.as_data_source("train")
+  lines = [source[i]["text"].decode("utf-8") for i in range(len(source))]
+  assert lines == _WIKI_TEXT["train"].removesuffix("\n").split("\n")
+  assert len(builder.as_data_source("validation")) == 2
+  tokens = wikitext2.tokenize_lines(lines)
+  assert sum(len(t) for t in tokens) == 13
+
+
+def test_wikitext2_builder_rejects_wrong_checksum(tmp_path):
+  _write_fake_wikitext(tmp_path / "data")
+  with pytest.raises(common.ChecksumError, match="train.txt.gz"):
+    wikitext2.prepare_wikitext2(tmp_path / "tfds", tmp_path / "data")
+
+
+def test_checksums_tsv_registers_all_urls():
+  urls = wikitext2.Wikitext2.url_infos
+  assert set(wikitext2.URLS.values()) <= set(urls)
+  for split, url in wikitext2.URLS.items():
+    assert urls[url].checksum == wikitext2.SHA256[split]
+  for name, sha in multi30k.SHA256.items():
+    assert multi30k.Multi30k.url_infos[multi30k._URL_ROOT + name].checksum == sha
+
+
+def test_lm_batcher_layout_and_worker_columns():
+  k, b, bptt, n = 3, 2, 5, 200
+  ids = np.arange(n)
+  batcher = wikitext2.LMBatcher(ids, k, b, bptt)
+  length = n // (k * b)  # 33 tokens per column
+  assert batcher.data.shape == (length, k * b)
+  assert batcher.steps_per_epoch == (length - 1) // bptt == 6
+  batches = list(wikitext2.lm_batches(ids, k, b, bptt))
+  assert len(batches) == 6
+  for step, (x, y) in enumerate(batches):
+    assert x.shape == y.shape == (k, b, bptt)
+    np.testing.assert_array_equal(y, x + 1)  # targets: the next token
+    # pytorch/examples get_batch: rows [i, i+bptt) of batchify's output.
+    reference = batcher.data[step * bptt:(step + 1) * bptt]
+    np.testing.assert_array_equal(x.reshape(k * b, bptt), reference.T)
+  seen = [np.concatenate([x[w].ravel() for x, _ in batches]) for w in range(k)]
+  for w in range(k):
+    # Worker w owns the contiguous span of its B columns.
+    span = set(range(w * b * length, (w + 1) * b * length))
+    assert set(seen[w].tolist()) <= span
+    assert len(span - set(seen[w].tolist())) == b * (length - 6 * bptt)
+  np.testing.assert_array_equal(batcher.batch(6)[0], batcher.batch(0)[0])
+
+
+def test_lm_batcher_too_short():
+  with pytest.raises(ValueError, match="too short"):
+    wikitext2.LMBatcher(np.arange(100), 4, 4, 35)
+
+
+# --------------------------------------------------------------- Multi30k
+
+_M30K = {
+    "train": (["Two dogs play.", "A man runs!", "A & B."],
+              ["Zwei Hunde spielen.", "Ein Mann rennt!", "A & B."]),
+    "validation": (["A cat."], ["Eine Katze."]),
+    "test": (["A dog.", "Two men."], ["Ein Hund.", "Zwei Männer."]),
+}
+
+
+def _write_fake_multi30k(root: pathlib.Path) -> dict[str, str]:
+  directory = root / "multi30k"
+  directory.mkdir(parents=True)
+  sha = {}
+  for split, pair in _M30K.items():
+    for lang, lines in zip(multi30k.LANGS, pair):
+      name = multi30k.file_name(split, lang)
+      data = gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), mtime=0)
+      (directory / name).write_bytes(data)
+      sha[name] = _sha256(data)
+  return sha
+
+
+def test_load_multi30k_and_builder_from_manual_dir(tmp_path):
+  sha = _write_fake_multi30k(tmp_path / "data")
+  assert multi30k.load_multi30k(tmp_path / "data", sha256=sha) == {
+      s: (list(en), list(de)) for s, (en, de) in _M30K.items()}
+
+  class FakeMulti30k(multi30k.Multi30k, skip_registration=True):
+    SHA256 = sha
+
+  builder = multi30k.prepare_multi30k(tmp_path / "tfds", tmp_path / "data",
+                                      builder_cls=FakeMulti30k)
+  for split, (en, de) in _M30K.items():
+    source = builder.as_data_source(split)
+    assert len(source) == len(en)
+    assert [source[i]["de"].decode() for i in range(len(source))] == de
+    assert [source[i]["en"].decode() for i in range(len(source))] == en
+
+
+def test_multi30k_errors(tmp_path):
+  with pytest.raises(common.MissingDataError, match="multi30k does not exist"):
+    multi30k.load_multi30k(tmp_path)
+  sha = _write_fake_multi30k(tmp_path)
+  (tmp_path / "multi30k" / "test_2016_flickr.de.gz").unlink()
+  with pytest.raises(common.MissingDataError,
+                     match="missing test_2016_flickr.de.gz"):
+    multi30k.load_multi30k(tmp_path, sha256=sha)
+  _write_fake_multi30k(tmp_path / "again")
+  with pytest.raises(common.ChecksumError,
+                     match=r"train.en.gz.*expected d79cfa99"):
+    multi30k.load_multi30k(tmp_path / "again")
+  bad = dict(sha)
+  (tmp_path / "again" / "multi30k" / "val.de.gz").write_bytes(
+      gzip.compress(b"one\ntwo\n"))
+  bad["val.de.gz"] = _sha256(
+      (tmp_path / "again" / "multi30k" / "val.de.gz").read_bytes())
+  with pytest.raises(ValueError, match="must align"):
+    multi30k.load_multi30k(tmp_path / "again", sha256=bad)
+
+
+def test_vocab_specials_and_min_freq():
+  sentences = [["a", "b", "a"], ["a", "c", "b"], ["d"]]
+  vocab = multi30k.build_vocab(sentences, min_freq=2)
+  assert vocab.itos == ("<pad>", "<unk>", "<bos>", "<eos>", "a", "b")
+  assert [vocab["<pad>"], vocab["<unk>"], vocab["<bos>"], vocab["<eos>"]] == [
+      multi30k.PAD_ID, multi30k.UNK_ID, multi30k.BOS_ID, multi30k.EOS_ID]
+  assert vocab.encode(["a", "d", "zzz"]) == [4, 1, 1]
+
+
+def _synthetic_pairs(n: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  src = [np.arange(1, rng.integers(3, 40), dtype=np.int32) + 3
+         for _ in range(n)]
+  tgt = [np.concatenate([[multi30k.BOS_ID], s + 1, [multi30k.EOS_ID]])
+         for s in src]
+  return src, tgt
+
+
+def test_translation_batcher_shapes_epochs_and_buckets():
+  src, tgt = _synthetic_pairs(1000)
+  k, b = 4, 8
+  batcher = multi30k.TranslationBatcher(src, tgt, k, b, seed=0,
+                                        pool_batches=10)
+  assert batcher.steps_per_epoch == 1000 // 32
+  plan = batcher.epoch_plan(0)
+  assert len(set(plan.ravel().tolist())) == plan.size  # each pair once
+  s, t = batcher.batch(3)
+  assert s.shape[:2] == (k, b) and t.shape[:2] == (k, b)
+  assert s.shape[2] % 8 == 0 and t.shape[2] % 8 == 0
+  members = plan[3].reshape(k, b)
+  for w in range(k):
+    for j in range(b):
+      n = len(src[members[w, j]])
+      np.testing.assert_array_equal(s[w, j, :n], src[members[w, j]])
+      assert (s[w, j, n:] == multi30k.PAD_ID).all()
+  # Bucketing: lengths within a batch spread much less than at random.
+  spread = np.mean([np.ptp([len(src[i]) for i in row]) for row in plan])
+  assert spread < 10  # random batches of 32 of lengths 2..38 spread ~33
+  again = multi30k.TranslationBatcher(src, tgt, k, b, seed=0, pool_batches=10)
+  np.testing.assert_array_equal(again.batch(3)[0], s)
+  assert not np.array_equal(batcher.epoch_plan(1), plan)
+  np.testing.assert_array_equal(
+      batcher.batch(batcher.steps_per_epoch + 3)[0].shape[:2], (k, b))
+
+
+def test_translation_batcher_too_small_and_eval_batches():
+  src, tgt = _synthetic_pairs(10)
+  with pytest.raises(ValueError, match="fewer than one global batch"):
+    multi30k.TranslationBatcher(src, tgt, 4, 4, seed=0)
+  batches = list(multi30k.eval_batches(src, tgt, 4))
+  assert len(batches) == 3
+  s, t, mask = batches[-1]
+  assert s.shape[0] == t.shape[0] == 4
+  np.testing.assert_array_equal(mask, [True, True, False, False])
+  np.testing.assert_array_equal(s[0, :len(src[8])], src[8])
+
+
+def test_detokenize_round_trip_and_perfect_bleu():
+  tokenizer = multi30k.Tokenizer("de")
+  references = ["Zwei junge weiße Männer sind im Freien in der Nähe vieler "
+                "Büsche.", "Ein Mann, der „Hallo“ sagt & lacht!"]
+  tokens = [tokenizer.tokenize(r) for r in references]
+  assert tokens[0][-1] == "." and tokens[0][0] == "zwei"
+  assert "&" in tokens[1]  # no XML escaping
+  assert [tokenizer.detokenize(t) for t in tokens] == [r.lower()
+                                                       for r in references]
+  vocab = multi30k.build_vocab(tokens, min_freq=1)
+  hypotheses = [[multi30k.BOS_ID] + vocab.encode(t) + [multi30k.EOS_ID,
+                                                        multi30k.PAD_ID, 7]
+                for t in tokens]
+  assert multi30k.bleu(hypotheses, references, vocab,
+                       tokenizer) == pytest.approx(100.0)
+  assert multi30k.bleu([hypotheses[1], hypotheses[0]], references, vocab,
+                       tokenizer) < 10
+  cased = multi30k.Tokenizer("de", lowercase=False)
+  assert cased.detokenize(cased.tokenize(references[0])) == references[0]

@@ -14,6 +14,7 @@ from extrap_optax._src.extrapolation import evaluation_params
 from extrap_optax._src.extrapolation import extrapolate
 from extrap_optax._src.extrapolation import ExtrapolationState
 from extrap_optax._src.lars import larc_sgd
+from extrap_optax._src.lars import matrices_only
 from extrap_optax._src.lars import scale_by_larc
 from extrap_optax._src.lars import ScaleByLarcState
 from extrap_optax._src.perturbations import filterwise_noise
@@ -29,7 +30,6 @@ from extrap_optax._src.schedules import goyal_schedule
 from extrap_optax._src.schedules import inverse_sqrt_schedule
 from extrap_optax._src.sgd import extrap_sgd
 from extrap_optax._src.sgd import extrapolated_sgd
-from extrap_optax._src.sgd import matrices_only
 from extrap_optax._src.sgd import minibatch_sgd
 from extrap_optax._src.sgd import nesterov_sgd
 from extrap_optax._src.sgd import noise_extrap_sgd

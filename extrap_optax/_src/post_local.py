@@ -21,7 +21,7 @@ def post_local_sgd(
     perturbation: perturbations.Perturbation | None = None,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-    weight_decay_mask: sgd.MaskOrFn = sgd.matrices_only,
+    weight_decay_mask: sgd.MaskOrFn = None,
     trust_coefficient: float | None = None,
     axis_name: validation.AxisName | None = None,
 ) -> optax.GradientTransformationExtraArgs:

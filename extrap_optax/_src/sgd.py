@@ -28,17 +28,17 @@ ScalarOrSchedule = extrapolation.ScalarOrSchedule
 MaskOrFn = Any | Callable[[optax.Params], Any] | None
 
 
-def matrices_only(params: optax.Params) -> Any:
-  """The default weight-decay mask: decay tensors with at least 2 dimensions.
-
-  **Choice**: biases and normalisation scales/offsets (ndim < 2) are not decayed
-  (He et al., 2016); the paper's name-based mask missed some BN layers.
-  """
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
-
-
 def _checked_mask(name: str, mask: MaskOrFn) -> MaskOrFn:
-  if mask is None or callable(mask):
+  """`None` means `matrices_only`; a pytree mask is checked against the params.
+
+  **Choice**: by default biases and normalisation scales/offsets (ndim < 2) are not
+  decayed (He et al., 2016); the paper's name-based mask missed some BN layers.
+  The default is `None` rather than the function itself because
+  `optax.inject_hyperparams` would take a callable default for a schedule.
+  """
+  if mask is None:
+    return lars.matrices_only
+  if callable(mask):
     return mask
 
   def checked(params):
@@ -53,7 +53,7 @@ def nesterov_sgd(
     *,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-    weight_decay_mask: MaskOrFn = matrices_only,
+    weight_decay_mask: MaskOrFn = None,
     trust_coefficient: float | None = None,
 ) -> optax.GradientTransformation:
   """The base step (no communication): coupled L2 [+ LARS] + Nesterov momentum + −γ_t.
@@ -63,7 +63,8 @@ def nesterov_sgd(
     momentum: u in [0, 1); 0 gives plain SGD.
     weight_decay: λ >= 0, added to the gradient (coupled L2, as PyTorch SGD).
     weight_decay_mask: a pytree of bools like the params, or a callable
-      params -> such a tree; default `matrices_only`.
+      params -> such a tree; `None` (default) decays the tensors with ndim >= 2
+      (`matrices_only`).
     trust_coefficient: LARS trust coefficient γ̃ >= 0 (paper: 0.02, tuned in
       {0.01, 0.02, 0.03}) to scale the decayed gradient per tensor as NVIDIA apex
       LARC does (`scale_by_larc`, design notes §6), or `None` for no LARS.
@@ -94,7 +95,7 @@ def minibatch_sgd(
     *,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-    weight_decay_mask: MaskOrFn = matrices_only,
+    weight_decay_mask: MaskOrFn = None,
     trust_coefficient: float | None = None,
     axis_name: validation.AxisName | None = None,
 ) -> optax.GradientTransformation:
@@ -130,7 +131,7 @@ def extrapolated_sgd(
     extrapolation_rate: ScalarOrSchedule,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-    weight_decay_mask: MaskOrFn = matrices_only,
+    weight_decay_mask: MaskOrFn = None,
     trust_coefficient: float | None = None,
     axis_name: validation.AxisName | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -167,7 +168,7 @@ def extrap_sgd(
     extrapolation_rate: ScalarOrSchedule,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-    weight_decay_mask: MaskOrFn = matrices_only,
+    weight_decay_mask: MaskOrFn = None,
     trust_coefficient: float | None = None,
     axis_name: validation.AxisName | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -215,7 +216,7 @@ def noise_extrap_sgd(
     seed: int = 0,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-    weight_decay_mask: MaskOrFn = matrices_only,
+    weight_decay_mask: MaskOrFn = None,
     trust_coefficient: float | None = None,
     axis_name: validation.AxisName | None = None,
 ) -> optax.GradientTransformationExtraArgs:

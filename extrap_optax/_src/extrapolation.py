@@ -22,7 +22,10 @@ memory (one parameter-sized buffer per worker), but the shared point is then
 bit-identical on every worker (it is computed from identical values only) and
 does not drift by rounding as z − δ would; δ^k_t = params − y_t is recomputed
 each step. With γ̂ = 0 the offsets are exactly zero and the trajectory is bit for
-bit that of `chain(all_reduce_mean(axis_name), base)`.
+bit that of `chain(all_reduce_mean(axis_name), base)`: the same floating-point
+operations in the same order. That holds op by op (`jax.disable_jit()`); two
+different jit-compiled programs may still round the last bit differently,
+because XLA fuses them differently (e.g. the order of a vmapped `pmean`).
 """
 
 from __future__ import annotations

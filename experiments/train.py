@@ -286,8 +286,12 @@ class Trainer:
                if line and json.loads(line)["step"] <= last_step]
     path.write_text("".join(r + "\n" for r in records))
 
-  def train(self) -> dict[str, Any]:
+  def train(self, stop_at_step: int | None = None) -> dict[str, Any]:
     """Runs (or resumes) training to the end; returns the summary.
+
+    Args:
+      stop_at_step: stop after this step as if the job were killed there
+        (time-boxed jobs, resumption tests); it should be a checkpoint step.
 
     Raises:
       NonFiniteLossError: the training loss became NaN or infinite.
@@ -321,7 +325,8 @@ class Trainer:
     first_step_seconds = None
     steps_timed = 0
     try:
-      while step < self.num_steps:
+      last_step = min(self.num_steps, stop_at_step or self.num_steps)
+      while step < last_step:
         batch = self.task.train_batch(step)
         probe = (config.probe_every_steps > 0
                  and (step + 1) % config.probe_every_steps == 0)
@@ -382,6 +387,11 @@ class Trainer:
       if writer is not None:
         writer.close()
     self.state = state
+    if not last_eval and step == self.num_steps:
+      # Resumed from the final checkpoint: nothing trained, still report.
+      last_eval = self.evaluate(state)
+    if step < self.num_steps:
+      status = "stopped"
     summary = self._write_summary(status, step, last_eval, last_train,
                                   time.perf_counter() - start_time,
                                   first_step_seconds)

@@ -1,0 +1,233 @@
+"""Command line: run the paper's presets, sweep their tuning grids, report.
+
+    python -m experiments.main --preset fig1 --scale small       # = run ...
+    python -m experiments.main run --preset table1 --scale paper --only resnet20_extrap_sgd
+    python -m experiments.main run --preset fig1 --scale small \\
+        --set optimizer.base_learning_rate=0.15 --set workers.num_workers=4
+    python -m experiments.main sweep --preset table1 --scale small --dry-run
+    python -m experiments.main report --runs runs/
+    python -m experiments.main list
+
+Overrides: `--set dotted.key=value` (repeatable), or equivalently
+`--config.dotted.key=value`, changes a field of every run of the preset. The
+value is a Python literal (`0.1`, `(0.5, 0.75)`, `True`, `'tfds'`) or else a
+bare string; ConfigDict checks that it has the field's type.
+
+Runs go to `<runs-dir>/<preset>-<scale>/<run>/seed<k>/`. A run directory with
+checkpoints is resumed; a completed one is skipped unless `--overwrite`.
+
+Multi-host: start one process per host with `--coordinator HOST:PORT
+--num-processes N --process-id I` (jax.distributed; on CPU the collectives go
+through gloo). Every process runs the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import itertools
+import json
+import pathlib
+import shutil
+import sys
+from collections.abc import Sequence
+
+COMMANDS = ("run", "sweep", "report", "list")
+
+
+def parse_value(text: str):
+  """A Python literal when `text` is one, else the string itself."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_overrides(config, overrides: Sequence[str]):
+  """Applies `dotted.key=value` overrides in place; returns the config.
+
+  Raises:
+    ValueError: a malformed override or an unknown field.
+  """
+  for override in overrides:
+    key, sep, text = override.partition("=")
+    if not sep:
+      raise ValueError(f"Override {override!r} is not of the form key=value.")
+    *parents, leaf = key.strip().split(".")
+    node = config
+    for name in parents:
+      if name not in node:
+        raise ValueError(f"Unknown config field {key!r} (no {name!r}).")
+      node = node[name]
+    # Model kwargs are open-ended module attributes; everything else exists.
+    if leaf not in node and parents[-1:] != ["kwargs"]:
+      raise ValueError(f"Unknown config field {key!r}; known fields here: "
+                       f"{', '.join(sorted(node.keys()))}.")
+    value = parse_value(text)
+    if isinstance(node.get(leaf), float) and isinstance(value, int):
+      value = float(value)
+    node[leaf] = value
+  return config
+
+
+def _normalise_argv(argv: list[str]) -> list[str]:
+  """`--config.a.b=v` -> `--set a.b=v`; a missing command means `run`."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--config."):
+      out += ["--set", arg[len("--config."):]]
+    else:
+      out.append(arg)
+  if not out or out[0] not in COMMANDS + ("-h", "--help"):
+    out = ["run"] + out
+  return out
+
+
+def _parser() -> argparse.ArgumentParser:
+  from experiments.configs import PRESETS, SCALES
+
+  parser = argparse.ArgumentParser(
+      prog="python -m experiments.main", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest="command", required=True)
+  for name in ("run", "sweep"):
+    sub = commands.add_parser(name, help=f"{name} a preset")
+    sub.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    sub.add_argument("--scale", default="small", choices=SCALES)
+    sub.add_argument("--runs-dir", default="runs", type=pathlib.Path)
+    sub.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a config field")
+    sub.add_argument("--only", nargs="+", default=None, metavar="RUN",
+                     help="run only these runs of the preset")
+    sub.add_argument("--seeds", default=None,
+                     help="comma-separated seeds (default: the preset's)")
+    sub.add_argument("--overwrite", action="store_true",
+                     help="delete and redo completed runs")
+    sub.add_argument("--dry-run", action="store_true",
+                     help="list the runs without training")
+    sub.add_argument("--coordinator", default=None, metavar="HOST:PORT")
+    sub.add_argument("--num-processes", type=int, default=1)
+    sub.add_argument("--process-id", type=int, default=0)
+  report = commands.add_parser("report", help="tables and figures of runs")
+  report.add_argument("--runs", required=True, type=pathlib.Path)
+  report.add_argument("--out", default=None, type=pathlib.Path,
+                      help="output directory (default: <runs>/report)")
+  commands.add_parser("list", help="list the presets")
+  return parser
+
+
+def _initialize_distributed(args) -> None:
+  if args.coordinator is None:
+    return
+  import jax
+
+  # CPU processes exchange collectives through gloo; GPUs ignore this.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=args.coordinator,
+                             num_processes=args.num_processes,
+                             process_id=args.process_id)
+
+
+def preset_root(args) -> pathlib.Path:
+  """`<runs-dir>/<preset>-<scale>`, with a `-sweep` suffix for sweeps."""
+  suffix = "-sweep" if args.command == "sweep" else ""
+  return args.runs_dir / f"{args.preset}-{args.scale}{suffix}"
+
+
+def expand_runs(args) -> list[tuple[str, object, pathlib.Path]]:
+  """(label, config, run directory) of every run the command asks for."""
+  from experiments.configs import get_preset, tuning_grid
+
+  preset = get_preset(args.preset, args.scale)
+  seeds = (tuple(int(s) for s in args.seeds.split(",")) if args.seeds
+           else preset.seeds)
+  names = args.only or list(preset.runs)
+  unknown = sorted(set(names) - set(preset.runs))
+  if unknown:
+    raise SystemExit(f"Unknown runs {unknown} in preset {args.preset}; it has "
+                     f"{', '.join(preset.runs)}.")
+  root = preset_root(args)
+  runs = []
+  for name in names:
+    base = apply_overrides(preset.runs[name].copy_and_resolve_references(),
+                           args.overrides)
+    variants = [((), base)]
+    if args.command == "sweep":
+      grid = tuning_grid(base)
+      variants = []
+      for values in itertools.product(*grid.values()):
+        config = base.copy_and_resolve_references()
+        tag = []
+        for key, value in zip(grid, values):
+          apply_overrides(config, [f"{key}={value!r}"])
+          tag.append(f"{key.split('.')[-1]}={value:g}")
+        variants.append((tuple(tag), config))
+    for tag, config in variants:
+      for seed in seeds:
+        run = config.copy_and_resolve_references()
+        run.seed = seed
+        label = "/".join((name,) + tag)
+        directory = root / name / ",".join(tag) / f"seed{seed}" if tag else (
+            root / name / f"seed{seed}")
+        runs.append((label, run, directory))
+  return runs
+
+
+def run_command(args) -> int:
+  """Trains (or lists) the runs; prints the preset's comparison."""
+  runs = expand_runs(args)
+  if args.dry_run:
+    for label, config, directory in runs:
+      print(f"{label:60s} seed={config.seed} -> {directory}")
+    print(f"{len(runs)} runs.")
+    return 0
+  _initialize_distributed(args)
+  from experiments import report
+  from experiments import train
+
+  failures = 0
+  for label, config, directory in runs:
+    summary_path = directory / "summary.json"
+    if summary_path.exists():
+      done = json.loads(summary_path.read_text())
+      if done["status"] == "completed" and not args.overwrite:
+        print(f"{label} seed {config.seed}: already completed in {directory}, "
+              "skipped (--overwrite to redo).")
+        continue
+    if args.overwrite and directory.exists():
+      shutil.rmtree(directory)
+    print(f"== {label} seed {config.seed} -> {directory}")
+    try:
+      train.Trainer(config, directory).train()
+    except train.NonFiniteLossError as error:
+      failures += 1
+      print(error, file=sys.stderr)
+  root = preset_root(args)
+  text = report.compare(root)
+  print(text)
+  (root / "comparison.md").write_text(text)
+  return 1 if failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Entry point of `python -m experiments.main`."""
+  args = _parser().parse_args(_normalise_argv(
+      list(sys.argv[1:] if argv is None else argv)))
+  if args.command == "list":
+    from experiments.configs import PRESETS, SCALES, get_preset
+
+    for name in PRESETS:
+      preset = get_preset(name, "paper")
+      print(f"{name:7s} {len(preset.runs):3d} runs  {preset.description}")
+    print(f"scales: {', '.join(SCALES)}")
+    return 0
+  if args.command == "report":
+    from experiments import report
+
+    print(report.write_report(args.runs, args.out))
+    return 0
+  return run_command(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

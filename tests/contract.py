@@ -1,0 +1,209 @@
+"""The optax-style contract that every transformation of extrap_optax must keep.
+
+Each check takes a transformation `factory` and a dict `hp` of its
+hyperparameters and builds the transformation as `factory(**hp)` (for one
+worker, `axis_name=None`). The checks compare against independent references:
+the same transformation run without the wrapper under test (jit, MultiSteps,
+clipping, a checkpoint), or NumPy.
+
+The problem: a tiny tanh regression whose data change with the step t, so that
+the gradient depends on both the parameters and the step.
+"""
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+import extrap_optax
+
+NUM_STEPS = 4
+_RNG = np.random.default_rng(0)
+_INPUTS = _RNG.normal(size=(2 * NUM_STEPS, 6, 4)).astype(np.float32)
+_TARGETS = 3.0 * _RNG.normal(size=(2 * NUM_STEPS, 6, 3)).astype(np.float32)
+_PARAMS = {
+    "w": _RNG.normal(size=(4, 3)).astype(np.float32),
+    "b": _RNG.normal(size=(3,)).astype(np.float32),
+}
+
+
+def init_params(dtype=jnp.float32):
+  return jax.tree.map(lambda p: jnp.asarray(p, dtype), _PARAMS)
+
+
+def loss(params, t):
+  """The loss on the batch of step t (t may be traced)."""
+  inputs = jnp.asarray(_INPUTS)[t].astype(params["w"].dtype)
+  targets = jnp.asarray(_TARGETS)[t].astype(params["w"].dtype)
+  predictions = jnp.tanh(inputs @ params["w"] + params["b"])
+  return 2.0 * jnp.mean(jnp.square(predictions - targets))
+
+
+grad_fn = jax.jit(jax.grad(loss))
+
+
+def make_step(tx):
+  """One training step of `tx` on the batch of step t."""
+
+  def step(params, state, t):
+    updates, state = tx.update(grad_fn(params, t), state, params)
+    return optax.apply_updates(params, updates), state, updates
+
+  return step
+
+
+def run(tx, params, num_steps=NUM_STEPS, state=None, first_step=0, step=None):
+  """`num_steps` jitted steps; returns the (params, state) after each step."""
+  step = jax.jit(make_step(tx)) if step is None else step
+  state = tx.init(params) if state is None else state
+  trajectory = []
+  for t in range(first_step, first_step + num_steps):
+    params, state, _ = step(params, state, t)
+    trajectory.append((params, state))
+  return trajectory
+
+
+def assert_trees_close(actual, expected, rtol=1e-6, atol=1e-7):
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  jax.tree.map(
+      lambda a, e: np.testing.assert_allclose(
+          np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=rtol, atol=atol),
+      actual, expected)
+
+
+def assert_trees_equal(actual, expected):
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  jax.tree.map(np.testing.assert_array_equal, actual, expected)
+
+
+def injectable(factory, hp):
+  """`factory` with the keyword-only signature (*, <names in hp>).
+
+  `optax.inject_hyperparams` reads the factory's signature: a `lambda **hp`
+  would be bound as one argument named `hp`.
+  """
+
+  def wrapped(**kwargs):
+    return factory(**kwargs)
+
+  wrapped.__signature__ = inspect.Signature(
+      [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in hp])
+  return wrapped
+
+
+def check_jit_no_retrace(factory, hp):
+  """A jitted step is traced and compiled once, not again on later steps."""
+  tx = factory(**hp)
+  traces = []
+
+  def counted_step(params, state, t):
+    traces.append(t)
+    return make_step(tx)(params, state, t)
+
+  step = jax.jit(counted_step)
+  params = init_params()
+  state = tx.init(params)
+  for t in range(NUM_STEPS):
+    params, state, _ = step(params, state, t)
+  assert len(traces) == 1, f"traced {len(traces)} times over {NUM_STEPS} steps"
+  assert step._cache_size() == 1
+
+
+def check_inject_hyperparams(factory, hp):
+  """`optax.inject_hyperparams(factory)(**hp)` follows `factory(**hp)`."""
+  injected = optax.inject_hyperparams(injectable(factory, hp))(**hp)
+  expected = run(factory(**hp), init_params())
+  actual = run(injected, init_params())
+  for (params, state), (ref_params, ref_state) in zip(actual, expected):
+    assert sorted(state.hyperparams) == sorted(hp)
+    assert_trees_close(params, ref_params)
+    assert_trees_close(
+        extrap_optax.evaluation_params(params, state),
+        extrap_optax.evaluation_params(ref_params, ref_state))
+
+
+def check_bfloat16(factory, hp):
+  """bfloat16 params give bfloat16 updates, params and parameter-like state."""
+  tx = factory(**hp)
+  step = jax.jit(make_step(tx))
+  params = init_params(jnp.bfloat16)
+  state = tx.init(params)
+  for t in range(NUM_STEPS):
+    params, state, updates = step(params, state, t)
+    for leaf in jax.tree.leaves((params, updates)):
+      assert leaf.dtype == jnp.bfloat16
+    for leaf in jax.tree.leaves(state):
+      if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.ndim >= 1:
+        assert leaf.dtype == jnp.bfloat16, f"state leaf {leaf.shape} is {leaf.dtype}"
+  assert all(np.all(np.isfinite(np.asarray(p, np.float32)))
+             for p in jax.tree.leaves(params))
+
+
+def check_multi_steps(factory, hp):
+  """MultiSteps(k=2) over 2n mini-steps equals n steps on the pairs' mean gradients."""
+  tx = optax.MultiSteps(factory(**hp), every_k_schedule=2)
+  params = init_params()
+  state = tx.init(params)
+  ref_tx = factory(**hp)
+  ref_params = init_params()
+  ref_state = ref_tx.init(ref_params)
+  update = jax.jit(tx.update)
+  ref_update = jax.jit(ref_tx.update)
+  for t in range(2 * NUM_STEPS):
+    updates, state = update(grad_fn(params, t), state, params)
+    params = optax.apply_updates(params, updates)
+    if t % 2 == 1:
+      pair_mean = jax.tree.map(
+          lambda a, b: (a + b) / 2, grad_fn(ref_params, t - 1), grad_fn(ref_params, t))
+      ref_updates, ref_state = ref_update(pair_mean, ref_state, ref_params)
+      ref_params = optax.apply_updates(ref_params, ref_updates)
+    assert_trees_close(params, ref_params)
+    assert_trees_close(
+        extrap_optax.evaluation_params(params, state),
+        extrap_optax.evaluation_params(ref_params, ref_state))
+
+
+def check_after_clipping(factory, hp):
+  """chain(clip_by_global_norm(1), tx) equals tx fed gradients clipped in NumPy."""
+  tx = optax.chain(optax.clip_by_global_norm(1.0), factory(**hp))
+  ref_tx = factory(**hp)
+  params = init_params()
+  ref_params = init_params()
+  state = tx.init(params)
+  ref_state = ref_tx.init(ref_params)
+  update = jax.jit(tx.update)
+  ref_update = jax.jit(ref_tx.update)
+  norms = []
+  for t in range(NUM_STEPS):
+    updates, state = update(grad_fn(params, t), state, params)
+    params = optax.apply_updates(params, updates)
+    grads = jax.tree.map(lambda g: np.asarray(g, np.float64), grad_fn(ref_params, t))
+    norm = np.sqrt(sum(np.sum(g**2) for g in jax.tree.leaves(grads)))
+    norms.append(norm)
+    clipped = jax.tree.map(lambda g: (g / max(norm, 1.0)).astype(np.float32), grads)
+    ref_updates, ref_state = ref_update(clipped, ref_state, ref_params)
+    ref_params = optax.apply_updates(ref_params, ref_updates)
+    assert_trees_close(params, ref_params, rtol=1e-5, atol=1e-6)
+  assert max(norms) > 1.0, "the problem must make the clipping act"
+
+
+def check_checkpoint_round_trip(factory, hp, directory):
+  """The state survives an orbax checkpoint; resuming equals never stopping."""
+  tx = factory(**hp)
+  step = jax.jit(make_step(tx))
+  uninterrupted = run(tx, init_params(), step=step)
+  params, state = uninterrupted[1]
+  tree = {"params": params, "opt_state": state}
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(directory / "checkpoint", tree)
+  with ocp.StandardCheckpointer() as checkpointer:
+    restored = checkpointer.restore(
+        directory / "checkpoint", jax.tree.map(ocp.utils.to_shape_dtype_struct, tree))
+  assert_trees_equal(restored, tree)
+  resumed = run(tx, restored["params"], num_steps=NUM_STEPS - 2,
+                state=restored["opt_state"], first_step=2, step=step)
+  for got, expected in zip(resumed, uninterrupted[2:]):
+    assert_trees_equal(got, expected)

@@ -84,9 +84,12 @@ def nesterov_sgd(
     preprocess = lars.scale_by_larc(
         learning_rate, trust_coefficient=trust_coefficient,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask)
+  # A literal 0 drops the buffer; an injected (traced) momentum keeps it.
+  no_momentum = validation.is_concrete_number(momentum) and momentum == 0
   return optax.chain(
       preprocess,
-      optax.sgd(learning_rate, momentum=momentum or None, nesterov=momentum > 0),
+      optax.sgd(learning_rate, momentum=None if no_momentum else momentum,
+                nesterov=not no_momentum),
   )
 
 

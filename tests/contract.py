@@ -160,10 +160,13 @@ def check_multi_steps(factory, hp):
           lambda a, b: (a + b) / 2, grad_fn(ref_params, t - 1), grad_fn(ref_params, t))
       ref_updates, ref_state = ref_update(pair_mean, ref_state, ref_params)
       ref_params = optax.apply_updates(ref_params, ref_updates)
-    assert_trees_close(params, ref_params)
+    # MultiSteps accumulates a running mean, acc + (g − acc)/k, which rounds
+    # differently from (a + b)/2; divisions by small norms (LARC, the printed
+    # EXTRAP-ADAM formula) amplify that to ~1e-5 relative.
+    assert_trees_close(params, ref_params, rtol=2e-5, atol=1e-6)
     assert_trees_close(
         extrap_optax.evaluation_params(params, state),
-        extrap_optax.evaluation_params(ref_params, ref_state))
+        extrap_optax.evaluation_params(ref_params, ref_state), rtol=2e-5, atol=1e-6)
 
 
 def check_after_clipping(factory, hp):

@@ -53,6 +53,39 @@ TRANSFORMS = [
         lambda **hp: optax.chain(extrap_optax.all_reduce_mean(None), optax.sgd(**hp)),
         dict(learning_rate=0.1, momentum=0.9),
         id="all_reduce_mean+sgd"),
+    pytest.param(
+        lambda **hp: extrap_optax.extrap_sgd(trust_coefficient=0.02, **hp),
+        dict(learning_rate=0.1, extrapolation_rate=0.05, weight_decay=1e-2),
+        id="extrap_sgd-lars"),
+    pytest.param(
+        lambda **hp: extrap_optax.scale_by_larc(**hp),
+        dict(learning_rate=0.1, trust_coefficient=0.02, weight_decay=1e-2),
+        id="scale_by_larc"),
+    pytest.param(
+        lambda **hp: extrap_optax.larc_sgd(**hp),
+        dict(learning_rate=0.1, weight_decay=1e-2),
+        id="larc_sgd"),
+    pytest.param(
+        lambda **hp: extrap_optax.extrap_adam(**hp),
+        dict(learning_rate=0.01, extrapolation_rate=0.005),
+        id="extrap_adam"),
+    pytest.param(
+        lambda **hp: extrap_optax.extrap_adam(paper_literal=True, **hp),
+        dict(learning_rate=0.01, extrapolation_rate=0.005),
+        id="extrap_adam-paper_literal"),
+    pytest.param(
+        lambda **hp: extrap_optax.adam(**hp),
+        dict(learning_rate=0.01),
+        id="adam"),
+    pytest.param(
+        lambda **hp: extrap_optax.post_local_sgd(start_step=1, sync_period=2, **hp),
+        dict(learning_rate=0.1, extrapolation_rate=0.05, weight_decay=1e-2),
+        id="post_local_sgd-extrap"),
+    pytest.param(
+        lambda **hp: extrap_optax.post_local_sgd(
+            start_step=0, sync_period=1, trust_coefficient=0.02, **hp),
+        dict(learning_rate=0.1, weight_decay=1e-2),
+        id="post_local_sgd-lars"),
 ]
 
 parametrize = pytest.mark.parametrize(("factory", "hp"), TRANSFORMS)

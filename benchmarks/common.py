@@ -55,13 +55,6 @@ def device_description() -> dict[str, Any]:
           "tag": tag, "jax_devices": len(jax.devices())}
 
 
-def block(tree: Any) -> Any:
-  """Waits for every array in `tree` (JAX or PyTorch) to be computed."""
-  import jax  # pylint: disable=import-outside-toplevel
-
-  return jax.block_until_ready(tree)
-
-
 def time_interleaved(
     candidates: dict[str, Callable[[], Any]],
     *,

@@ -110,39 +110,30 @@ def make_extrapolated(
       base_update = base.update
     count = state.count
 
+    caller = "the extrapolated transformation's `update`"
     if local_steps is None:
-      mean_grads = collectives.mean_over_workers(
-          grads, axis_name, "the extrapolated transformation's `update`")
-      base_updates, base_state = base_update(mean_grads, state.base_state, shared)
-      next_shared = optax.apply_updates(shared, base_updates)
-      step = base_updates
+      mean_grads = collectives.mean_over_workers(grads, axis_name, caller)
     else:
-      if axis_name is not None:
-        validation.check_axis_bound(axis_name, "`post_local_sgd.update`")
-
-      def synchronous_step(_):
-        mean = collectives.mean_over_workers(grads, axis_name, "`post_local_sgd.update`")
-        return (mean,) + base_update(mean, state.base_state, shared)
-
-      def local_step(_):
-        return (grads,) + base_update(grads, state.base_state, shared)
-
-      mean_grads, base_updates, base_state = jax.lax.cond(
-          count < local_steps.start_step, synchronous_step, local_step, None)
-      local_shared = optax.apply_updates(shared, base_updates)
+      # Only the collectives sit inside conditionals, so that local steps
+      # communicate nothing and the update itself is computed once, in place.
+      mean_grads = jax.lax.cond(
+          count < local_steps.start_step,
+          lambda g: collectives.mean_over_workers(g, axis_name, caller),
+          lambda g: g, grads)
+    base_updates, base_state = base_update(mean_grads, state.base_state, shared)
+    next_shared = optax.apply_updates(shared, base_updates)
+    step = base_updates
+    if local_steps is not None:
       steps_since_start = count - local_steps.start_step + 1
       is_averaging = (count >= local_steps.start_step) & (
           steps_since_start % local_steps.sync_period == 0)
-
-      def averaged(_):
-        mean = collectives.mean_over_workers(
-            local_shared, axis_name, "`post_local_sgd.update`")
-        return mean, jax.tree.map(jnp.subtract, mean, shared)
-
-      def not_averaged(_):
-        return local_shared, base_updates
-
-      next_shared, step = jax.lax.cond(is_averaging, averaged, not_averaged, None)
+      next_shared = jax.lax.cond(
+          is_averaging,
+          lambda y: collectives.mean_over_workers(y, axis_name, caller),
+          lambda y: y, next_shared)
+      step = jax.tree.map(
+          lambda new, old, u: jnp.where(is_averaging, new - old, u),
+          next_shared, shared, base_updates)
 
     next_count = optax.safe_increment(count)
     context = perturbations.PerturbationContext(

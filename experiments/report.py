@@ -124,7 +124,7 @@ def compare(root: pathlib.Path) -> str:
            f"smoothed loss | steps to loss {target:.4f} | {metric} | wall s |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   reach = {}
-  for (name, _), members in groups.items():
+  for (name, row), members in groups.items():
     summaries = [m["summary"] for m in members]
     seeds = len(members)
     reach[name] = _mean_std(steps_to_reach(m["metrics"], target)
@@ -138,7 +138,7 @@ def compare(root: pathlib.Path) -> str:
     steps = max(s["steps"] for s in summaries)
     lines.append(
         f"| {name} | {seeds} | {statuses} | {steps} | "
-        f"{_fmt(*final, seeds, 4)} | {best[(name, _)]:.4f} | "
+        f"{_fmt(*final, seeds, 4)} | {best[(name, row)]:.4f} | "
         f"{_fmt(*reach[name], seeds, 0)} | {_fmt(*metric_value, seeds)} | "
         f"{wall[0]:.0f} |")
   baseline = reach.get("minibatch_sgd", (math.nan,))[0]

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tensorboardX
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -296,8 +297,6 @@ class Trainer:
     Raises:
       NonFiniteLossError: the training loss became NaN or infinite.
     """
-    import tensorboardX  # Imported here: only the main process writes.
-
     config = self.config
     self.run_dir.mkdir(parents=True, exist_ok=True)
     if self.is_main_process:
@@ -323,7 +322,6 @@ class Trainer:
     status = "completed"
     start_time = last_time = time.perf_counter()
     first_step_seconds = None
-    steps_timed = 0
     try:
       last_step = min(self.num_steps, stop_at_step or self.num_steps)
       while step < last_step:
@@ -349,9 +347,7 @@ class Trainer:
           done = step - pending_start
           throughput = (done * self.task.examples_per_step
                         / max(now - last_time, 1e-9)) if done else 0.0
-          if done:
-            steps_timed += done
-          last_time, pending_start = now, step
+          pending_start = step
           for record in records:
             if record["step"] == step and throughput:
               record["throughput"] = throughput
@@ -371,6 +367,8 @@ class Trainer:
               raise NonFiniteLossError(
                   f"Parameters became non-finite by step {step}.")
             checkpointer.save(step, state)
+          # Throughput counts training only, not evaluation and saving.
+          last_time = time.perf_counter()
         progress.update(1)
     except NonFiniteLossError as error:
       status = "diverged"

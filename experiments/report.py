@@ -16,11 +16,10 @@ import math
 import pathlib
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
+# The object-oriented Figure draws to files without pyplot, so importing this
+# module never changes the caller's backend (notebooks keep inline plots).
+from matplotlib.figure import Figure
 
 from experiments.configs.paper_results import PAPER_RESULTS
 
@@ -159,8 +158,8 @@ def plot_run(run_dir: pathlib.Path) -> pathlib.Path:
   keys = ["train_loss"] + sorted(
       {k for r in records for k in r if k.startswith(("test_", "valid_"))}
       | {k for r in records for k in r if k == "smoothness"})
-  fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2),
-                           squeeze=False)
+  fig = Figure(figsize=(4 * len(keys), 3.2))
+  axes = fig.subplots(1, len(keys), squeeze=False)
   for ax, key in zip(axes[0], keys):
     _, epochs, values = _curve(records, key)
     ax.plot(epochs, values, marker="." if len(values) < 30 else None)
@@ -169,7 +168,6 @@ def plot_run(run_dir: pathlib.Path) -> pathlib.Path:
   fig.tight_layout()
   path = run_dir / "curves.png"
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 
@@ -205,8 +203,8 @@ def _figure(runs: list[dict[str, Any]], out: pathlib.Path,
   keys = ["train_loss"] + sorted(
       {k for r in runs for rec in r["metrics"] for k in rec
        if k.startswith(("test_", "valid_")) or k == "smoothness"})
-  fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4),
-                           squeeze=False)
+  fig = Figure(figsize=(4.2 * len(keys), 3.4))
+  axes = fig.subplots(1, len(keys), squeeze=False)
   for label, members in _group(runs).items():
     for ax, key in zip(axes[0], keys):
       curves = [_curve(m["metrics"], key) if key != "train_loss"
@@ -227,7 +225,6 @@ def _figure(runs: list[dict[str, Any]], out: pathlib.Path,
   fig.tight_layout()
   path = out / f"{name}.png"
   fig.savefig(path, dpi=110)
-  plt.close(fig)
   return path
 
 

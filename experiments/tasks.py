@@ -108,18 +108,17 @@ class Classification:
                workers: extrap_optax.Workers):
     self.config = config
     data = self._load(config)
-    train_size = config.data.train_size or data.train_images.shape[0]
-    eval_size = config.data.eval_size or data.test_images.shape[0]
-    self.test_images = data.test_images[:eval_size]
-    self.test_labels = data.test_labels[:eval_size]
+    train_images, train_labels = _subset(
+        data.train_images, data.train_labels, config.data.train_size)
+    self.test_images, self.test_labels = _subset(
+        data.test_images, data.test_labels, config.data.eval_size)
     self.mean, self.std = data.mean, data.std
     sharding = (workers.sharding if isinstance(workers.sharding, NamedSharding)
                 else None)
     self.pipeline = cifar.DeviceCifar(
-        data.train_images[:train_size], data.train_labels[:train_size],
-        workers.num_workers, config.workers.local_batch_size, config.seed,
-        mean=data.mean, std=data.std, augment_images=config.data.augment,
-        sharding=sharding)
+        train_images, train_labels, workers.num_workers,
+        config.workers.local_batch_size, config.seed, mean=data.mean,
+        std=data.std, augment_images=config.data.augment, sharding=sharding)
     self.steps_per_epoch = self.pipeline.steps_per_epoch
     self.examples_per_step = (workers.num_workers
                               * config.workers.local_batch_size)
@@ -187,6 +186,19 @@ class Classification:
       total_correct += float(correct)
     n = len(self.test_labels)
     return {"test_loss": total_loss / n, "test_accuracy": total_correct / n}
+
+
+def _subset(images: np.ndarray, labels: np.ndarray,
+            size: int) -> tuple[np.ndarray, np.ndarray]:
+  """`size` examples drawn by a fixed permutation (all of them for size 0).
+
+  Not a leading slice: the offline CIFAR arrays are sorted by class, so their
+  first 2,000 test images are airplanes and automobiles only.
+  """
+  if not size or size >= len(labels):
+    return images, labels
+  rows = np.sort(np.random.default_rng(0).permutation(len(labels))[:size])
+  return images[rows], labels[rows]
 
 
 def _image_model(name: str, **kwargs: Any) -> Any:

@@ -12,6 +12,7 @@ from experiments import checkpointing
 from experiments import configs
 from experiments import main
 from experiments import report
+from experiments import tasks
 from experiments import train
 
 
@@ -79,3 +80,15 @@ def test_steps_to_reach_uses_the_smoothed_loss():
   assert report.steps_to_reach(records, 2.0) == 4
   assert math.isnan(report.steps_to_reach(records, 0.5))
   assert list(steps) == [1, 2, 3, 4, 5, 6]
+
+
+def test_evaluation_subset_of_class_sorted_data_covers_every_class():
+  # The offline CIFAR arrays are sorted by class; a leading slice of 2,000 test
+  # images would hold two classes only.
+  labels = np.repeat(np.arange(10), 1000)
+  images = np.arange(10000)[:, None]
+  sub_images, sub_labels = tasks._subset(images, labels, 2000)
+  counts = np.bincount(sub_labels, minlength=10)
+  assert len(sub_labels) == 2000 and counts.min() > 150
+  np.testing.assert_array_equal(labels[sub_images[:, 0]], sub_labels)
+  assert tasks._subset(images, labels, 0)[1] is labels

@@ -2,11 +2,14 @@
 
 import gzip
 import hashlib
+import io
 import pathlib
+import tarfile
 
 import jax
 import numpy as np
 import pytest
+import requests
 import tensorflow_datasets as tfds
 
 from experiments.input_pipeline import cifar
@@ -148,9 +151,8 @@ def test_eval_batches_pad_and_mask():
                                               ("cifar100", 100)])
 def test_cifar_tfds_builders_with_mock_data(name, num_classes, tmp_path,
                                             monkeypatch):
-  # mock_data replaces download_and_prepare, so the TensorFlow that real
-  # preparation needs is not used; pretend it is installed.
-  monkeypatch.setattr(cifar, "tensorflow_available", lambda: True)
+  # mock_data replaces download_and_prepare, so nothing is downloaded.
+  monkeypatch.delenv(common.DATA_DIR_ENV, raising=False)
   with tfds.testing.mock_data(num_examples=12):
     data = cifar.load_cifar_tfds(name, tmp_path)
   assert data.train_images.shape == (12, 32, 32, 3)
@@ -165,13 +167,164 @@ def test_cifar_tfds_builders_with_mock_data(name, num_classes, tmp_path,
   assert x.shape == (2, 3, 32, 32, 3) and y.shape == (2, 3)
 
 
-def test_cifar_tfds_unprepared_errors(tmp_path):
+def _offline(*args, **kwargs):
+  del args, kwargs
+  raise requests.ConnectionError("no network in this test")
+
+
+def test_cifar_tfds_unprepared_errors(tmp_path, monkeypatch):
   with pytest.raises(common.MissingDataError, match="not prepared"):
     cifar.load_cifar_tfds("cifar10", tmp_path, download=False)
-  if cifar.tensorflow_available():
-    pytest.skip("TensorFlow is installed: preparing would download CIFAR.")
-  with pytest.raises(RuntimeError, match="pip install tensorflow-cpu"):
-    cifar.load_cifar_tfds("cifar10", tmp_path)
+
+  monkeypatch.setattr(requests.Session, "get", _offline)
+  with pytest.raises(common.MissingDataError) as error:
+    cifar.load_cifar_tfds("cifar10", tmp_path, manual_dir=tmp_path / "manual")
+  message = str(error.value)
+  assert "no network in this test" in message
+  assert str(tmp_path / "manual") in message  # where to put the archive
+  assert "cifar-10-binary.tar.gz (170052171 bytes, sha256 c4a38c50" in message
+  assert "no TensorFlow is needed" in message
+  assert "tensorflow-cpu" not in message
+
+
+def test_cifar_checksums_are_the_stock_tfds_ones():
+  stock = tfds.core.download.checksums.load_url_infos(
+      pathlib.Path(tfds.__file__).parent / "url_checksums" / "cifar10.txt")
+  stock.update(tfds.core.download.checksums.load_url_infos(
+      pathlib.Path(tfds.__file__).parent / "url_checksums" / "cifar100.txt"))
+  for archive in cifar.ARCHIVES.values():
+    ours = cifar.CifarBinary.url_infos[archive.url]
+    assert ours == stock[archive.url]
+    assert ours.filename == archive.file_name
+
+
+def _records(images: np.ndarray, labels: np.ndarray) -> bytes:
+  """CIFAR binary records: label bytes, then the R, G and B planes."""
+  planes = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+  return np.concatenate([labels.reshape(len(images), -1).astype(np.uint8),
+                         planes], axis=1).tobytes()
+
+
+def _write_fake_cifar_archive(
+    directory: pathlib.Path, name: str
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """A tiny archive in the original layout; returns split -> (x, labels)."""
+  archive = cifar.ARCHIVES[name]
+  rng = np.random.default_rng(0)
+  contents, expected = {}, {}
+  for split, files in archive.split_files.items():
+    xs, ys = [], []
+    for file in files:
+      n = 3 if split == "train" else 2
+      x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+      y = np.stack([rng.integers(0, classes, n)
+                    for _, _, classes in archive.labels], axis=1)
+      contents[file] = _records(x, y)
+      xs.append(x)
+      ys.append(y)
+    expected[split] = (np.concatenate(xs), np.concatenate(ys))
+  for _, names_file, classes in archive.labels:
+    contents[names_file] = "".join(
+        f"{names_file[:5]}{i}\n" for i in range(classes)).encode() + b"\n"
+  directory.mkdir(parents=True, exist_ok=True)
+  with tarfile.open(directory / archive.file_name, "w:gz") as tar:
+    for file, data in contents.items():
+      info = tarfile.TarInfo(f"{archive.directory}/{file}")
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  return expected
+
+
+def test_parse_records_pixel_layout():
+  image = np.zeros((32, 32, 3), np.uint8)
+  image[..., 0], image[..., 1], image[..., 2] = 1, 2, 3
+  image[0, 1, 2] = 200  # blue of row 0, column 1
+  record = bytearray([7] + [1] * 1024 + [2] * 1024 + [3] * 1024)
+  record[1 + 2 * 1024 + 1] = 200  # B plane, row-major index 0 * 32 + 1
+  images, labels = cifar.parse_records(bytes(record) * 2, 1)
+  assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+  np.testing.assert_array_equal(images[1], image)
+  np.testing.assert_array_equal(labels, [[7], [7]])
+  with pytest.raises(ValueError, match="whole number of 3074-byte"):
+    cifar.parse_records(bytes(3075), 2)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_binary_builder_from_manual_archive(name, tmp_path,
+                                                  monkeypatch):
+  expected = _write_fake_cifar_archive(tmp_path / "manual", name)
+  archive = cifar.ARCHIVES[name]
+  # Register the fake archive's checksum instead of the original's.
+  monkeypatch.setattr(cifar.CifarBinary, "url_infos", {
+      archive.url: tfds.core.download.checksums.compute_url_info(
+          tmp_path / "manual" / archive.file_name)})
+  monkeypatch.setattr(requests.Session, "get", _offline)  # no download
+  data = cifar.load_cifar_tfds(name, tmp_path / "tfds",
+                               manual_dir=tmp_path / "manual")
+  fine = [k for k, _, _ in archive.labels].index("label")
+  np.testing.assert_array_equal(data.train_images, expected["train"][0])
+  np.testing.assert_array_equal(data.train_labels,
+                                expected["train"][1][:, fine])
+  np.testing.assert_array_equal(data.test_images, expected["test"][0])
+  np.testing.assert_array_equal(data.test_labels, expected["test"][1][:, fine])
+  assert data.train_images.shape == (15 if name == "cifar10" else 3, 32, 32, 3)
+  assert data.train_labels.dtype == np.int32
+  assert data.num_classes == cifar.NUM_CLASSES[name]
+  builder = cifar.CifarBinary(config=name, data_dir=str(tmp_path / "tfds"))
+  assert builder.is_prepared()
+  features = builder.info.features
+  assert features["label"].names[:2] == [f"{archive.labels[fine][1][:5]}0",
+                                         f"{archive.labels[fine][1][:5]}1"]
+  if name == "cifar100":
+    source = builder.as_data_source("train")
+    coarse = [source[i]["coarse_label"] for i in range(len(source))]
+    np.testing.assert_array_equal(coarse, expected["train"][1][:, 0])
+    assert features["coarse_label"].num_classes == 20
+  # Prepared: loading again reads it back without the archive.
+  (tmp_path / "manual" / archive.file_name).unlink()
+  again = cifar.load_cifar_tfds(name, tmp_path / "tfds", download=False)
+  np.testing.assert_array_equal(again.test_images, data.test_images)
+
+
+def test_cifar_binary_builder_pixel_layout_and_labels(tmp_path, monkeypatch):
+  archive = cifar.ARCHIVES["cifar10"]
+  planes = np.zeros((1, 32, 32, 3), np.uint8)
+  planes[..., 0], planes[..., 1], planes[..., 2] = 1, 2, 3
+  ramp = np.arange(32 * 32 * 3, dtype=np.uint32).astype(np.uint8).reshape(
+      1, 32, 32, 3)
+  contents = {file: _records(planes, np.array([i])) for i, file in
+              enumerate(archive.split_files["train"])}
+  contents["test_batch.bin"] = _records(ramp, np.array([9]))
+  contents["batches.meta.txt"] = "".join(
+      f"class{i}\n" for i in range(10)).encode()
+  (tmp_path / "manual").mkdir()
+  path = tmp_path / "manual" / archive.file_name
+  with tarfile.open(path, "w:gz") as tar:
+    for file, data in contents.items():
+      info = tarfile.TarInfo(f"{archive.directory}/{file}")
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  monkeypatch.setattr(cifar.CifarBinary, "url_infos", {
+      archive.url: tfds.core.download.checksums.compute_url_info(path)})
+  data = cifar.load_cifar_tfds("cifar10", tmp_path / "tfds",
+                               manual_dir=tmp_path / "manual")
+  assert data.train_images.shape == (5, 32, 32, 3)
+  assert (data.train_images[..., 0] == 1).all()
+  assert (data.train_images[..., 1] == 2).all()
+  assert (data.train_images[..., 2] == 3).all()
+  np.testing.assert_array_equal(data.train_labels, [0, 1, 2, 3, 4])
+  np.testing.assert_array_equal(data.test_images, ramp)
+  np.testing.assert_array_equal(data.test_labels, [9])
+
+
+def test_cifar_binary_builder_rejects_archive_with_wrong_checksum(tmp_path):
+  _write_fake_cifar_archive(tmp_path / "manual", "cifar10")
+  # The registered checksum is the original archive's: the fake one fails.
+  with pytest.raises(
+      tfds.core.download.download_manager.NonMatchingChecksumError,
+      match="has wrong checksum"):
+    cifar.load_cifar_tfds("cifar10", tmp_path / "tfds",
+                          manual_dir=tmp_path / "manual")
 
 
 def test_jpeg_subset_missing_and_corrupt(tmp_path, monkeypatch):

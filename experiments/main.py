@@ -27,6 +27,7 @@ import argparse
 import ast
 import itertools
 import json
+import os
 import pathlib
 import shutil
 import sys
@@ -116,6 +117,23 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _request_cpu_devices(num_workers: int, num_processes: int) -> None:
+  """Asks XLA for one CPU device per local worker, unless already set.
+
+  A CPU-only JAX has one device, on which `extrap_optax.Workers` would vmap all
+  K workers; vmapped convolutions over per-worker parameters are several times
+  slower on XLA:CPU than one worker per (virtual) device (benchmarks/). The flag
+  only shapes the host platform, so GPUs and TPUs are untouched. It must be set
+  before jax is imported.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" in flags or "jax" in sys.modules:
+    return
+  count = max(1, num_workers // num_processes)
+  os.environ["XLA_FLAGS"] = (
+      f"{flags} --xla_force_host_platform_device_count={count}".strip())
+
+
 def _initialize_distributed(args) -> None:
   if args.coordinator is None:
     return
@@ -181,6 +199,8 @@ def run_command(args) -> int:
       print(f"{label:60s} seed={config.seed} -> {directory}")
     print(f"{len(runs)} runs.")
     return 0
+  _request_cpu_devices(max(c.workers.num_workers for _, c, _ in runs),
+                       args.num_processes)
   _initialize_distributed(args)
   from experiments import report
   from experiments import train

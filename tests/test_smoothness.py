@@ -60,7 +60,7 @@ def _numpy_probe(grad, y, delta, num_steps, step_fraction):
 
 
 @pytest.mark.parametrize("num_steps, step_fraction, batch_size", [
-    (8, 0.3, None), (3, 0.5, None), (8, 0.3, 4)])
+    (8, 0.3, None), (3, 0.5, None), (8, 0.3, 4), (8, 0.3, 1)])
 def test_quartic_matches_numpy(num_steps, step_fraction, batch_size):
   # f(x) = Σ x⁴ along a direction where the ratio first falls, then rises: the
   # max is the last ratio, not the first.

@@ -49,10 +49,12 @@ def smoothness_probe(
   paper evaluates it "after local update steps": pass the point the gradient
   was taken at as `params` when that is what is to be measured.
 
-  The :math:`J` gradients are computed one after another with `jax.lax.map`,
-  so memory stays at one extra gradient; `batch_size` evaluates that many at
-  once with `vmap` (faster, more memory). A zero update returns 0: there is
-  no direction to measure.
+  By default the :math:`J` gradient evaluations are unrolled into the program,
+  one after another (XLA frees each gradient once its ratio is taken). With an
+  int `batch_size` they run in a `jax.lax.map` loop, `batch_size` points at a
+  time with `vmap`: a smaller program for very large models, but XLA:CPU runs
+  convolutions inside a loop far slower (ResNet-20: 92 s against 3.4 s
+  unrolled). A zero update returns 0: there is no direction to measure.
 
   Example, every 10 steps of a training loop::
 
@@ -78,7 +80,8 @@ def smoothness_probe(
       `optax.apply_updates(params, update)` is the next point).
     num_steps: :math:`J` (8 in the paper).
     step_fraction: :math:`\alpha` (0.3 in the paper).
-    batch_size: passed to `jax.lax.map`; None evaluates one point at a time.
+    batch_size: `None` (default) unrolls the evaluations; an int evaluates
+      them in a `jax.lax.map` loop, that many points at a time.
 
   Returns:
     :math:`L` as a float32 scalar.
@@ -110,7 +113,9 @@ def smoothness_probe(
     change = jax.tree.map(lambda a, b: a - b, grad_fn(point), grads)
     return _global_norm(change) / (alpha * safe_norm)
 
-  ratios = jax.lax.map(
-      ratio, jnp.arange(1, num_steps + 1, dtype=jnp.float32),
-      batch_size=batch_size)
+  steps = jnp.arange(1, num_steps + 1, dtype=jnp.float32)
+  if batch_size is None:
+    ratios = jnp.stack([ratio(j) for j in steps])
+  else:
+    ratios = jax.lax.map(ratio, steps, batch_size=batch_size)
   return jnp.where(update_norm > 0, jnp.max(ratios), 0.0)

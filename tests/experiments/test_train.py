@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -92,3 +95,18 @@ def test_evaluation_subset_of_class_sorted_data_covers_every_class():
   assert len(sub_labels) == 2000 and counts.min() > 150
   np.testing.assert_array_equal(labels[sub_images[:, 0]], sub_labels)
   assert tasks._subset(images, labels, 0)[1] is labels
+
+
+def test_cli_gives_each_worker_a_cpu_device():
+  # Without it a CPU-only run vmaps all K workers over one device, which is
+  # several times slower for convolutions (benchmarks/).
+  code = ("from experiments import main; main._request_cpu_devices(6, 2); "
+          "import jax; print(jax.local_device_count())")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                       capture_output=True, text=True).stdout
+  assert out.split()[-1] == "3"
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=5"
+  out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                       capture_output=True, text=True).stdout
+  assert out.split()[-1] == "5"

@@ -49,12 +49,15 @@ def smoothness_probe(
   paper evaluates it "after local update steps": pass the point the gradient
   was taken at as `params` when that is what is to be measured.
 
-  By default the :math:`J` gradient evaluations are unrolled into the program,
-  one after another (XLA frees each gradient once its ratio is taken). With an
-  int `batch_size` they run in a `jax.lax.map` loop, `batch_size` points at a
-  time with `vmap`: a smaller program for very large models, but XLA:CPU runs
-  convolutions inside a loop far slower (ResNet-20: 92 s against 3.4 s
-  unrolled). A zero update returns 0: there is no direction to measure.
+  By default the :math:`J` gradient evaluations are unrolled. Called outside
+  `jit` with a jitted `grad_fn`, each evaluation is its own program and memory
+  stays at one gradient evaluation (what experiments/train.py does). Traced
+  inside one jitted program, XLA may keep all of them live at once (22 GB for
+  ResNet-20 on 8 CPU devices). With an int `batch_size` they run in a
+  `jax.lax.map` loop, `batch_size` points at a time: one compiled gradient,
+  bounded memory, but XLA:CPU runs convolutions inside a loop far slower
+  (ResNet-20: 92 s against 3.4 s unrolled). A zero update returns 0: there is
+  no direction to measure.
 
   Example, every 10 steps of a training loop::
 

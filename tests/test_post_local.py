@@ -1,6 +1,7 @@
 """Post-local SGD (Algorithm 2) under jax.shard_map with 8 workers, one per device."""
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -127,7 +128,7 @@ def _collectives(jaxpr) -> int:
       count += 1
     if eqn.primitive.name == "cond":
       continue
-    for sub in jax.core.jaxprs_in_params(eqn.params):
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
       count += _collectives(sub)
   return count
 
@@ -136,7 +137,7 @@ def _branch_collectives(jaxpr, found):
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == "cond":
       found.append([_collectives(branch.jaxpr) for branch in eqn.params["branches"]])
-    for sub in jax.core.jaxprs_in_params(eqn.params):
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
       _branch_collectives(sub, found)
   return found
 

@@ -157,7 +157,7 @@ def _host(tree: Any) -> Any:
 
 def _worker0(tree: Any) -> Any:
   """Worker 0's copy of a stacked tree, as numpy."""
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
+  return jax.tree.map(lambda x: x[0], _host(tree))
 
 
 class Trainer:

@@ -52,6 +52,13 @@ def trajectory(workers, tx, steps, seed=0):
   return history
 
 
+def _compare_shared_points(ours, reference, check, **tolerances):
+  """`check` each step's shared point of `ours` against `reference`'s params."""
+  for (_, shared, _), (params, _, _) in zip(ours, reference):
+    for a, b in zip(jax.tree.leaves(shared), jax.tree.leaves(params)):
+      check(a, b, **tolerances)
+
+
 def post_local(workers, **kwargs):
   return extrap_optax.post_local_sgd(
       LR, weight_decay=1e-3, axis_name=workers.axis_name, **kwargs)
@@ -62,9 +69,8 @@ def test_before_start_step_equals_minibatch_sgd(workers):
   ours = trajectory(workers, post_local(workers, start_step=4, sync_period=2), 4)
   reference = trajectory(workers, extrap_optax.minibatch_sgd(
       LR, weight_decay=1e-3, axis_name=workers.axis_name), 4)
-  for (_, shared, _), (params, _, _) in zip(ours, reference):
-    for a, b in zip(jax.tree.leaves(shared), jax.tree.leaves(params)):
-      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  _compare_shared_points(ours, reference, np.testing.assert_allclose,
+                         rtol=1e-6, atol=1e-7)
 
 
 def test_before_start_step_equals_minibatch_sgd_bit_for_bit_op_by_op():
@@ -73,18 +79,15 @@ def test_before_start_step_equals_minibatch_sgd_bit_for_bit_op_by_op():
     ours = trajectory(vmap_workers, post_local(vmap_workers, start_step=3, sync_period=2), 3)
     reference = trajectory(vmap_workers, extrap_optax.minibatch_sgd(
         LR, weight_decay=1e-3, axis_name=vmap_workers.axis_name), 3)
-  for (_, shared, _), (params, _, _) in zip(ours, reference):
-    for a, b in zip(jax.tree.leaves(shared), jax.tree.leaves(params)):
-      np.testing.assert_array_equal(a, b)
+  _compare_shared_points(ours, reference, np.testing.assert_array_equal)
 
 
 def test_sync_period_one_equals_synchronous_training(workers):
   ours = trajectory(workers, post_local(workers, start_step=0, sync_period=1), 10)
   reference = trajectory(workers, extrap_optax.minibatch_sgd(
       LR, weight_decay=1e-3, axis_name=workers.axis_name), 10)
-  for (_, shared, _), (params, _, _) in zip(ours, reference):
-    for a, b in zip(jax.tree.leaves(shared), jax.tree.leaves(params)):
-      np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+  _compare_shared_points(ours, reference, np.testing.assert_allclose,
+                         rtol=2e-5, atol=1e-6)
 
 
 def test_local_steps_average_every_h_and_never_average_momentum(workers):

@@ -104,10 +104,6 @@ def make_extrapolated(
     grads = updates
     shared = state.shared_params
     offset = jax.tree.map(jnp.subtract, params, shared)
-    if extra_args:
-      base_update = lambda g, s, p: base.update(g, s, p, **extra_args)
-    else:
-      base_update = base.update
     count = state.count
 
     caller = "the extrapolated transformation's `update`"
@@ -120,7 +116,8 @@ def make_extrapolated(
           count < local_steps.start_step,
           lambda g: collectives.mean_over_workers(g, axis_name, caller),
           lambda g: g, grads)
-    base_updates, base_state = base_update(mean_grads, state.base_state, shared)
+    base_updates, base_state = base.update(
+        mean_grads, state.base_state, shared, **extra_args)
     next_shared = optax.apply_updates(shared, base_updates)
     step = base_updates
     if local_steps is not None:

@@ -4,19 +4,23 @@
   (forward, backward, Nesterov SGD with weight decay 1e-4): images/s. PyTorch
   eager (NCHW) is the baseline (goal: JAX ≥ it); PyTorch channels_last is shown
   too. JAX ways: one device (params, BN statistics and optimizer state
-  donated), and the same global batch split over the 8 fake CPU devices
+  donated), the same with XLA's own convolution kernel gradients instead of the
+  model's default batch-chunked ones (`experiments.models.convolution`; also
+  compared directly), and the same global batch split over the 8 fake CPU devices
   (`Workers`, one worker per device, mini-batch SGD: the "pmap trick"; note that
   BatchNorm then normalises over each device's share of the batch).
 - 2-layer LSTM language model, hidden 128, vocabulary 33,278, tied embedding,
   dropout 0.4, batch 64 x BPTT 35: tokens/s, PyTorch (`nn.LSTM`) the baseline.
 
+`--profile` adds where the JAX one-device step's time goes on XLA:CPU (a
+`jax.profiler` trace, time per operation kind), with both kernel gradients.
 `--xla-sweep` also re-runs the JAX one-device ResNet step in subprocesses under
 other XLA flag sets (alternating, to cancel drift) and reports them against the
 default flags. PyTorch is optional: without it its rows are skipped with a note
 and the JAX one-device step is the baseline. Device-agnostic: on a GPU both
 frameworks use it.
 
-Run: `python -m benchmarks.throughput [--rounds N] [--xla-sweep]`.
+Run: `python -m benchmarks.throughput [--rounds N] [--profile] [--xla-sweep]`.
 """
 
 from benchmarks import common
@@ -25,10 +29,14 @@ common.use_fake_cpu_devices(8)
 
 # pylint: disable=wrong-import-position
 import argparse
+import collections
 import json
 import os
+import pathlib
+import re
 import subprocess
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +51,7 @@ NAME = "throughput"
 LR = 0.1
 WEIGHT_DECAY = 1e-4
 LSTM_BATCH, BPTT = 64, 35
+XLA_KERNEL_GRAD = "JAX one device, XLA's kernel gradient"
 SWEEP_FLAG_SETS = (
     "",
     "--xla_cpu_multi_thread_eigen=false",
@@ -57,9 +66,9 @@ except ImportError:  # PyTorch is optional.
 
 # JAX.
 
-def jax_resnet_one_device(batch):
+def jax_resnet_one_device(batch, **model_kwargs):
   """A donated one-device ResNet-20 step with mini-batch SGD."""
-  model, variables = trees.resnet20()
+  model, variables = trees.resnet20(**model_kwargs)
   tx = extrap_optax.minibatch_sgd(LR, weight_decay=WEIGHT_DECAY)
   step = jax.jit(trees.resnet_train_step(model, tx), donate_argnums=(0, 1, 2))
   state = {"p": variables["params"], "b": variables["batch_stats"]}
@@ -238,6 +247,55 @@ def torch_lstm_step():
   return call
 
 
+# Profile.
+
+def op_time_breakdown(call, steps: int = 5) -> dict[str, float]:
+  """Milliseconds per step by XLA:CPU operation kind, from a profiler trace.
+
+  An operation kind is the HLO name without its number (`transpose_copy_fusion`,
+  `ynn_fusion`, ...). Times are summed over XLA's threads, so operations that
+  run concurrently both count in full.
+  """
+  call()
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      for _ in range(steps):
+        call()
+    trace = next(pathlib.Path(trace_dir).rglob("*.xplane.pb"))
+    data = jax.profiler.ProfileData.from_file(str(trace))
+  totals = collections.Counter()
+  for plane in data.planes:
+    for line in plane.lines:
+      if not line.name.startswith("tf_XLA"):
+        continue
+      for event in line.events:
+        if re.fullmatch(r"[\w.-]+", event.name):
+          totals[re.sub(r"[.\d]+$", "", event.name)] += event.duration_ns / 1e6 / steps
+  return dict(totals)
+
+
+def profile_section(batch) -> tuple[str, dict]:
+  """A table of the top operation kinds of both JAX one-device steps."""
+  variants = {"chunked kernel gradient (default)": jax_resnet_one_device(batch),
+              "XLA's kernel gradient": jax_resnet_one_device(
+                  batch, kernel_grad_chunk_size=None)}
+  breakdowns = {name: op_time_breakdown(call) for name, call in variants.items()}
+  kinds = sorted(set().union(*breakdowns.values()),
+                 key=lambda kind: -max(b.get(kind, 0.0) for b in breakdowns.values()))
+  rows = ["| operation kind | " + " | ".join(f"{name}: ms/step (share)"
+                                             for name in breakdowns) + " |",
+          "| --- |" + " --- |" * len(breakdowns)]
+  for kind in kinds[:10]:
+    cells = []
+    for breakdown in breakdowns.values():
+      total = sum(breakdown.values())
+      cells.append(f"{breakdown.get(kind, 0.0):.1f} ({breakdown.get(kind, 0.0) / total:.0%})")
+    rows.append(f"| `{kind}` | " + " | ".join(cells) + " |")
+  rows.append("| all | " + " | ".join(f"{sum(b.values()):.1f}"
+                                       for b in breakdowns.values()) + " |")
+  return "\n".join(rows), breakdowns
+
+
 # Driver.
 
 def xla_sweep(batch_size: int, rounds: int, repeats: int) -> tuple[str, list]:
@@ -271,6 +329,8 @@ def main(argv=None) -> None:
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--rounds", type=int, default=9)
   parser.add_argument("--lstm-rounds", type=int, default=9)
+  parser.add_argument("--profile", action="store_true",
+                      help="also break the JAX one-device step down by operation")
   parser.add_argument("--xla-sweep", action="store_true",
                       help="also compare XLA flag sets (subprocesses, minutes)")
   parser.add_argument("--sweep-repeats", type=int, default=2)
@@ -286,7 +346,9 @@ def main(argv=None) -> None:
         f"torch: {torch.__version__ if torch else 'not installed'}")
 
   notes = []
-  resnet = {"JAX one device": jax_resnet_one_device(batch)}
+  resnet = {"JAX one device": jax_resnet_one_device(batch),
+            XLA_KERNEL_GRAD: jax_resnet_one_device(
+                batch, kernel_grad_chunk_size=None)}
   if len(jax.devices()) > 1:
     resnet[f"JAX batch split over {len(jax.devices())} devices"] = jax_resnet_split(
         batch, len(jax.devices()))
@@ -320,8 +382,26 @@ def main(argv=None) -> None:
           cpu_times=cpu[name], baseline_cpu_times=cpu[base],
           note=("BN over each device's 1/8 of the batch"
                 if "split" in name else "")))
+    if label == "ResNet-20":
+      results.append(common.paired_result(
+          NAME, f"{label}: JAX one device", f"{label}: {XLA_KERNEL_GRAD}",
+          times["JAX one device"], times[XLA_KERNEL_GRAD], work=work, unit=unit,
+          higher_is_better=True, cpu_times=cpu["JAX one device"],
+          baseline_cpu_times=cpu[XLA_KERNEL_GRAD],
+          note="the kernel gradient in batch chunks of 16 on CPU"))
   sections = [("Notes", " ".join(notes))]
   settings = vars(args)
+  if args.profile and jax.default_backend() == "cpu":
+    table, breakdowns = profile_section(batch)
+    sections.append(("Where the JAX one-device step's time goes (XLA:CPU)", table + (
+        "\n\nFrom a `jax.profiler` trace of 5 steps: time per step in each kind of "
+        "XLA operation (its HLO name without the number), summed over XLA's "
+        "threads. `ynn_fusion` and `convolution`/`conv_general_dilated` are "
+        "convolutions (YNNPACK and Eigen); `transpose_copy_fusion` copies "
+        "activations into the batch-minor layout of XLA's kernel-gradient "
+        "convolution, re-computing the BatchNorm-ReLU-residual chain that "
+        "produced them.")))
+    settings = {**settings, "op_ms_per_step": breakdowns}
   if args.xla_sweep:
     table, samples = xla_sweep(args.batch, args.rounds, args.sweep_repeats)
     sections.append(("XLA flag sweep, JAX one-device ResNet-20 step", table + (

@@ -19,9 +19,14 @@ LARGE_TREE_BLOCKS = 8
 LARGE_TREE_WIDTH = 1024
 
 
-def resnet20(num_classes: int = 10):
-  """The ResNet-20 module and its initial variables (params and batch_stats)."""
-  model = models.get_model("resnet20", num_classes=num_classes)
+def resnet20(num_classes: int = 10, **kwargs):
+  """The ResNet-20 module and its initial variables (params and batch_stats).
+
+  Args:
+    num_classes: classes of the head.
+    **kwargs: further `experiments.models.ResNet` attributes.
+  """
+  model = models.get_model("resnet20", num_classes=num_classes, **kwargs)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
   return model, variables
 

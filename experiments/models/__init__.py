@@ -12,7 +12,9 @@ leading axis and driven by ``jax.vmap`` or ``jax.shard_map`` without any
 module-state bookkeeping. BatchNorm normalises over whatever batch one copy sees
 and has no cross-worker ``axis_name``: statistics are per worker (Goyal et al.,
 2017). Every model computes in ``dtype`` (float32 by default, bfloat16 for
-mixed precision) and keeps float32 parameters.
+mixed precision) and keeps float32 parameters. The CIFAR models' convolutions
+compute their kernel gradients in batch chunks on CPU (``convolution.py``),
+which makes the ResNet-20 step 1.4x faster on XLA:CPU.
 """
 
 import functools

@@ -19,16 +19,16 @@ worker, as for the ResNet.
 """
 
 from collections.abc import Sequence
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from experiments.models import convolution
 from experiments.models.resnet import BN_EPSILON
 from experiments.models.resnet import BN_MOMENTUM
-from experiments.models.resnet import he_fan_out_normal
+from experiments.models.resnet import conv_module
 from experiments.models.resnet import pytorch_linear
 
 Dtype = Any
@@ -47,11 +47,14 @@ class VGG(nn.Module):
     config: channel counts and ``"M"`` max-pools, VGG-11 at half width by
       default.
     dtype: computation dtype; parameters and BN statistics stay float32.
+    kernel_grad_chunk_size: as for ``ResNet``: the CPU kernel gradient in batch
+      chunks of this many examples; ``None`` for XLA's own.
   """
   num_classes: int = 10
   use_batch_norm: bool = False
   config: Sequence[int | str] = VGG11_HALF_WIDTH
   dtype: Dtype = jnp.float32
+  kernel_grad_chunk_size: int | None = convolution.DEFAULT_CHUNK_SIZE
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -65,9 +68,9 @@ class VGG(nn.Module):
     Returns:
       Logits of shape (batch, num_classes), in ``dtype``.
     """
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=1,
-                             use_bias=not self.use_batch_norm,
-                             kernel_init=he_fan_out_normal, dtype=self.dtype)
+    conv = conv_module(self.kernel_grad_chunk_size, kernel_size=(3, 3),
+                       padding=1, use_bias=not self.use_batch_norm,
+                       dtype=self.dtype)
     num_convs = 0
     for entry in self.config:
       if entry == "M":

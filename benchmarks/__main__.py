@@ -4,7 +4,8 @@ Each benchmark sets its own XLA flags (fake CPU devices) before importing jax,
 hence the separate processes. Arguments after `--` go to every benchmark, e.g.
 `python -m benchmarks -- --rounds 5`; `--only NAME ...` picks some;
 `--large` adds the 100M-parameter tree to the optimizer benchmark and
-`--xla-sweep` the XLA flag sweep to the throughput benchmark.
+`--profile` and `--xla-sweep` the operation profile and the XLA flag sweep to
+the throughput benchmark.
 
 Writes `benchmarks/results/<date>-<device>.md` and `.json`, joining the
 per-benchmark files of this run.
@@ -26,13 +27,15 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=BENCHMARKS)
   parser.add_argument("--large", action="store_true")
+  parser.add_argument("--profile", action="store_true")
   parser.add_argument("--xla-sweep", action="store_true")
   parser.add_argument("rest", nargs="*", help="arguments for every benchmark")
   args = parser.parse_args()
   written = []
   for name in args.only:
     extra = {"optimizer_cost": ["--large"] if args.large else [],
-             "throughput": ["--xla-sweep"] if args.xla_sweep else []}.get(name, [])
+             "throughput": (["--profile"] if args.profile else [])
+                           + (["--xla-sweep"] if args.xla_sweep else [])}.get(name, [])
     output = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{name}", *extra, *args.rest],
         check=True, capture_output=True, text=True).stdout

@@ -1,23 +1,32 @@
-"""A convolution whose kernel gradient XLA:CPU computes in cache-sized pieces.
+"""A convolution that trains faster on XLA:CPU, alone and vmapped over workers.
 
-For ``y = conv(x, w)`` the kernel gradient is a correlation of the input with
-the output gradient, summed over the batch:
+Two changes to how ``lax.conv_general_dilated`` is differentiated and batched,
+neither of which changes what is computed:
 
-  ∂L/∂w[i, j, c, o] = Σ_n Σ_{h, v} x[n, h + i, v + j, c] · ∂L/∂y[n, h, v, o].
+1. The kernel gradient in batch chunks. For ``y = conv(x, w)``,
 
-XLA lowers it as one convolution in which the batch is the contracted feature
-dimension, so it first copies ``x`` and ``∂L/∂y`` into batch-minor layouts.
-On XLA:CPU those transposes of whole activations (8 MiB for ResNet-20's first
-stage at batch 128) stream through memory once per channel, and the CPU
-fusion pass also re-computes the elementwise chain that produced ``x`` (the
-BatchNorm-ReLU-residual stream) inside each of them. Profiled on ResNet-20 they
-took 45% of a train step. Split into batch chunks of 16 examples, each partial
-gradient's transposes stay in the L2 cache: the ResNet-20 step ran 1.3x
-faster on a 2-core AMD EPYC (``benchmarks/throughput.py``), and the sum over
-chunks is the same gradient up to float32 summation order.
+     ∂L/∂w[i, j, c, o] = Σ_n Σ_{h, v} x[n, h + i, v + j, c] · ∂L/∂y[n, h, v, o].
 
-Only the CPU lowering changes (``jax.lax.platform_dependent``). On GPUs and
-TPUs, where cuDNN and XLA choose their own kernels, the gradient is XLA's.
+   XLA lowers it as one convolution in which the batch is the contracted
+   feature dimension, so it first copies ``x`` and ``∂L/∂y`` into batch-minor
+   layouts. On XLA:CPU these transposes of whole activations (8 MiB for
+   ResNet-20's first stage at batch 128) stream through memory once per
+   channel, and the CPU fusion pass also re-computes the elementwise chain that
+   produced ``x`` (the BatchNorm-ReLU-residual stream) inside each of them;
+   profiled on ResNet-20 they took 35% of a train step. Split into chunks of
+   16 examples, each partial gradient's transposes stay in the L2 cache, and
+   the step runs 1.4x faster on a 2-core AMD EPYC
+   (``python -m benchmarks.throughput``). The sum over chunks is the same
+   gradient up to float32 summation order. Only the CPU lowering changes
+   (``jax.lax.platform_dependent``): on GPUs and TPUs the gradient is XLA's.
+
+2. A loop over workers under ``jax.vmap``. Vmapping a convolution over
+   per-worker kernels (K virtual workers on fewer devices) turns it into one
+   grouped convolution, which XLA:CPU runs several times slower than the K
+   convolutions one after the other. Under ``vmap`` with a batched kernel the
+   forward convolution and both gradients are therefore unrolled over the
+   mapped axis (``jax.custom_batching.custom_vmap``); with a shared kernel the
+   usual batching rule applies.
 """
 
 from collections.abc import Callable, Sequence
@@ -36,12 +45,20 @@ DEFAULT_CHUNK_SIZE = 16
 
 
 def chunked_kernel_grad_conv(chunk_size: int = DEFAULT_CHUNK_SIZE) -> ConvFn:
-  """A drop-in ``lax.conv_general_dilated`` with a batch-chunked kernel gradient.
+  """A drop-in ``lax.conv_general_dilated`` for training on XLA:CPU.
 
   Pass it as ``flax.linen.Conv(..., conv_general_dilated=...)``. The forward
-  pass and the input gradient are XLA's own; on CPU the kernel gradient is the
+  pass and the input gradient are XLA's own. On CPU the kernel gradient is the
   sum of per-chunk kernel gradients over consecutive chunks of ``chunk_size``
-  examples (the last one may be smaller), accumulated in float32.
+  examples (the last one may be smaller), accumulated in float32. Under
+  ``jax.vmap`` with a batched kernel, all three convolutions loop over the
+  mapped axis (see the module docstring).
+
+  Only first-order reverse mode (``jax.grad``, ``jax.vjp``) is supported: it
+  is a ``jax.custom_vjp`` around ``jax.custom_batching.custom_vmap``
+  functions. For ``jax.jvp``, ``jax.linearize`` or second derivatives, use
+  ``lax.conv_general_dilated`` (``kernel_grad_chunk_size=None`` in the
+  models).
 
   Args:
     chunk_size: examples per chunk, a positive integer.
@@ -57,47 +74,80 @@ def chunked_kernel_grad_conv(chunk_size: int = DEFAULT_CHUNK_SIZE) -> ConvFn:
   return functools.partial(_conv_general_dilated, chunk_size=chunk_size)
 
 
+def _loop_over_batched_kernels(fn: Callable[..., jax.Array],
+                               kernel_argnum: int) -> Callable[..., jax.Array]:
+  """``fn`` whose vmap unrolls over the mapped axis when the kernel is batched."""
+  looped = jax.custom_batching.custom_vmap(fn)
+
+  @looped.def_vmap
+  def rule(axis_size, in_batched, *args):
+    if not in_batched[kernel_argnum]:
+      in_axes = [0 if batched else None for batched in in_batched]
+      return jax.vmap(fn, in_axes=in_axes)(*args), True
+    outs = [looped(*(arg[i] if batched else arg
+                     for arg, batched in zip(args, in_batched)))
+            for i in range(axis_size)]
+    return jnp.stack(outs), True
+
+  return looped
+
+
 def _conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
                           window_strides: Sequence[int], padding: Any, *,
                           chunk_size: int, **kwargs: Any) -> jax.Array:
-  """``lax.conv_general_dilated`` with the kernel gradient of the module doc."""
+  """``lax.conv_general_dilated`` differentiated and batched as in the module doc."""
   conv = functools.partial(lax.conv_general_dilated,
                            window_strides=window_strides, padding=padding,
                            **kwargs)
   numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape,
                                        kwargs.get("dimension_numbers"))
   batch_axis, out_batch_axis = numbers.lhs_spec[0], numbers.out_spec[0]
-  batch = lhs.shape[batch_axis]
-  if kwargs.get("batch_group_count", 1) != 1 or batch <= chunk_size:
-    return conv(lhs, rhs)
-  bounds = list(range(0, batch, chunk_size)) + [batch]
+  chunked = kwargs.get("batch_group_count", 1) == 1
+
+  # The convolution is linear in each operand: transposing it gives the
+  # gradients without tracing a forward pass along.
+  def xla_kernel_grad(x, w, dy):
+    (grad,) = jax.linear_transpose(lambda w: conv(x, w), w)(dy)
+    return grad
 
   def chunked_kernel_grad(x, w, dy):
+    batch = x.shape[batch_axis]
+    if not chunked or batch <= chunk_size:
+      return xla_kernel_grad(x, w, dy)
     total = jnp.zeros(w.shape, jnp.float32)
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-      x_chunk = lax.slice_in_dim(x, start, stop, axis=batch_axis)
-      dy_chunk = lax.slice_in_dim(dy, start, stop, axis=out_batch_axis)
-      (grad,) = jax.vjp(lambda w, x_chunk=x_chunk: conv(x_chunk, w), w)[1](dy_chunk)
-      total += grad.astype(jnp.float32)
+    for start in range(0, batch, chunk_size):
+      stop = min(start + chunk_size, batch)
+      total += xla_kernel_grad(
+          lax.slice_in_dim(x, start, stop, axis=batch_axis), w,
+          lax.slice_in_dim(dy, start, stop, axis=out_batch_axis)).astype(jnp.float32)
     return total.astype(w.dtype)
 
-  def kernel_grad(x, w, dy):
-    (grad,) = jax.vjp(lambda w: conv(x, w), w)[1](dy)
+  def input_grad(x, w, dy):
+    (grad,) = jax.linear_transpose(lambda x: conv(x, w), x)(dy)
     return grad
+
+  forward = _loop_over_batched_kernels(conv, kernel_argnum=1)
+  input_grad = _loop_over_batched_kernels(input_grad, kernel_argnum=1)
+  chunked_kernel_grad = _loop_over_batched_kernels(chunked_kernel_grad,
+                                                   kernel_argnum=1)
+  xla_kernel_grad = _loop_over_batched_kernels(xla_kernel_grad, kernel_argnum=1)
+
+  def kernel_grad(x, w, dy):
+    # Outside the custom_vmap functions, so that lowering for one platform
+    # keeps only that platform's branch.
+    return lax.platform_dependent(x, w, dy, cpu=chunked_kernel_grad,
+                                  default=xla_kernel_grad)
 
   @jax.custom_vjp
   def convolve(x, w):
-    return conv(x, w)
+    return forward(x, w)
 
-  def forward(x, w):
-    return conv(x, w), (x, w)
+  def convolve_fwd(x, w):
+    return forward(x, w), (x, w)
 
-  def backward(residuals, dy):
+  def convolve_bwd(residuals, dy):
     x, w = residuals
-    (dx,) = jax.vjp(lambda x: conv(x, w), x)[1](dy)
-    dw = lax.platform_dependent(x, w, dy, cpu=chunked_kernel_grad,
-                                default=kernel_grad)
-    return dx, dw
+    return input_grad(x, w, dy), kernel_grad(x, w, dy)
 
-  convolve.defvjp(forward, backward)
+  convolve.defvjp(convolve_fwd, convolve_bwd)
   return convolve(lhs, rhs)

@@ -69,7 +69,8 @@ def conv_module(kernel_grad_chunk_size: int | None,
 
   Args:
     kernel_grad_chunk_size: examples per chunk of the kernel gradient on CPU
-      (``convolution.chunked_kernel_grad_conv``); ``None`` for XLA's own.
+      (``convolution.chunked_kernel_grad_conv``); ``None`` for plain
+      ``lax.conv_general_dilated``.
     **kwargs: further ``nn.Conv`` attributes.
 
   Returns:
@@ -146,10 +147,11 @@ class ResNet(nn.Module):
     depth: total depth 6n + 2 (20, 32, 44, 56, 110, ...).
     dtype: computation dtype; parameters and BN statistics stay float32.
     kernel_grad_chunk_size: on CPU, compute each convolution's kernel gradient
-      in batch chunks of this many examples, 1.3x faster end to end (see
-      ``experiments.models.convolution``); ``None`` keeps XLA's gradient, and
-      is needed for forward-mode differentiation (``jax.jvp``), which the
-      chunked gradient's ``custom_vjp`` does not support.
+      in batch chunks of this many examples (1.4x faster end to end), and
+      loop over workers when vmapped over per-worker parameters (see
+      ``experiments.models.convolution``). ``None``: plain
+      ``lax.conv_general_dilated``, needed for forward-mode and higher-order
+      differentiation.
   """
   num_classes: int = 10
   depth: int = 20

@@ -48,7 +48,8 @@ class VGG(nn.Module):
       default.
     dtype: computation dtype; parameters and BN statistics stay float32.
     kernel_grad_chunk_size: as for ``ResNet``: the CPU kernel gradient in batch
-      chunks of this many examples; ``None`` for XLA's own.
+      chunks of this many examples and loops over vmapped workers; ``None``
+      for plain ``lax.conv_general_dilated``.
   """
   num_classes: int = 10
   use_batch_norm: bool = False

@@ -159,3 +159,42 @@ def test_forward_mode_needs_xla_kernel_gradient():
   chunked = plain.clone(kernel_grad_chunk_size=16)
   with pytest.raises(TypeError, match="custom_vjp"):
     jax.jvp(lambda p: logits(chunked, p), (variables["params"],), (tangent,))
+
+
+def _worker_loss(conv, kwargs):
+  def loss(lhs, rhs):
+    return jnp.sum(jnp.sin(conv(lhs, rhs, **kwargs)))
+
+  return jax.value_and_grad(loss, argnums=(0, 1))
+
+
+@pytest.mark.parametrize("shared_kernel", [False, True])
+def test_vmap_over_workers_matches_xla(shared_kernel):
+  lhs_shape, rhs_shape, kwargs, _ = CASES["stride_2"]
+  workers = 3
+  lhs, rhs = _operands((workers, *lhs_shape), (workers, *rhs_shape))
+  in_axes = (0, None) if shared_kernel else (0, 0)
+  rhs = rhs[0] if shared_kernel else rhs
+  got = jax.jit(jax.vmap(_worker_loss(convolution.chunked_kernel_grad_conv(8),
+                                      kwargs), in_axes))(lhs, rhs)
+  want = jax.jit(jax.vmap(_worker_loss(lax.conv_general_dilated, kwargs),
+                          in_axes))(lhs, rhs)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-5,
+                               atol=1e-5 * float(jnp.max(jnp.abs(w))))
+
+
+def test_vmap_over_worker_kernels_unrolls_instead_of_grouping():
+  lhs_shape, rhs_shape, kwargs, _ = CASES["stride_2"]
+  workers = 3
+  lhs, rhs = _operands((workers, *lhs_shape), (workers, *rhs_shape))
+
+  def hlo(conv):
+    return jax.jit(jax.vmap(_worker_loss(conv, kwargs))).lower(lhs, rhs).as_text()
+
+  # XLA's batching rule: one grouped convolution per forward and gradient.
+  assert re.search(r"feature_group_count = 3", hlo(lax.conv_general_dilated))
+  text = hlo(convolution.chunked_kernel_grad_conv(8))
+  assert "feature_group_count = 3" not in text
+  # Per worker: forward, input gradient, and 24 / 8 kernel-gradient chunks.
+  assert len(re.findall(r"stablehlo\.convolution", text)) == workers * (1 + 1 + 3)

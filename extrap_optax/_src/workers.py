@@ -16,10 +16,14 @@ unchanged under all of them, and `pmean` over the pair is the mean over all K.
 | "pmap"      | `jax.pmap` over D devices of `jax.vmap` over V (for older scripts) |
 | "vmap"      | `jax.vmap` over all K on one device (D = 1)                       |
 
-One worker per device is the fast way: vmapping a convolution over per-worker
-parameters is slow on XLA:CPU (see benchmarks/), and it keeps control flow such
-as post-local SGD's local steps free of collectives (under vmap a `lax.cond` on
-per-worker state runs both branches).
+One worker per device is the fastest layout, and it keeps control flow such as
+post-local SGD's local steps free of collectives (under vmap a `lax.cond` on
+per-worker state runs both branches). Virtual workers (V > 1) cost little with
+models whose convolutions do not batch into one grouped convolution under
+`jax.vmap`, which XLA:CPU runs several times slower than V separate ones: the
+experiments' CIFAR models loop over the workers instead
+(`experiments/models/convolution.py`; 1.1-1.2x one worker at batch K·B on the
+2-core CPU, `benchmarks/virtual_workers.py`).
 """
 
 from __future__ import annotations

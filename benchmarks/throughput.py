@@ -274,11 +274,8 @@ def op_time_breakdown(call, steps: int = 5) -> dict[str, float]:
   return dict(totals)
 
 
-def profile_section(batch) -> tuple[str, dict]:
-  """A table of the top operation kinds of both JAX one-device steps."""
-  variants = {"chunked kernel gradient (default)": jax_resnet_one_device(batch),
-              "XLA's kernel gradient": jax_resnet_one_device(
-                  batch, kernel_grad_chunk_size=None)}
+def profile_section(variants) -> tuple[str, dict]:
+  """A table of the top operation kinds of the given steps (name -> call)."""
   breakdowns = {name: op_time_breakdown(call) for name, call in variants.items()}
   kinds = sorted(set().union(*breakdowns.values()),
                  key=lambda kind: -max(b.get(kind, 0.0) for b in breakdowns.values()))
@@ -392,7 +389,9 @@ def main(argv=None) -> None:
   sections = [("Notes", " ".join(notes))]
   settings = vars(args)
   if args.profile and jax.default_backend() == "cpu":
-    table, breakdowns = profile_section(batch)
+    table, breakdowns = profile_section({
+        "chunked kernel gradient (default)": resnet["JAX one device"],
+        "XLA's kernel gradient": resnet[XLA_KERNEL_GRAD]})
     sections.append(("Where the JAX one-device step's time goes (XLA:CPU)", table + (
         "\n\nFrom a `jax.profiler` trace of 5 steps: time per step in each kind of "
         "XLA operation (its HLO name without the number), summed over XLA's "

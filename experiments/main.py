@@ -33,7 +33,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("run", "sweep", "report", "list")
+COMMANDS = ("run", "sweep", "study", "report", "list")
 
 
 def parse_value(text: str):
@@ -109,6 +109,19 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--coordinator", default=None, metavar="HOST:PORT")
     sub.add_argument("--num-processes", type=int, default=1)
     sub.add_argument("--process-id", type=int, default=0)
+  study = commands.add_parser(
+      "study", help="a reproduction study: tune, extrapolate, repeat seeds")
+  study.add_argument("--study", required=True,
+                     help="the study's name (experiments/configs/studies.py)")
+  study.add_argument("--runs-dir", default="runs", type=pathlib.Path)
+  study.add_argument("--report-dir", default=None, type=pathlib.Path,
+                     help="where the report goes (default: "
+                          "<runs-dir>/study-<name>/report)")
+  study.add_argument("--max-steps", default=None, type=int,
+                     help="train at most this many steps now; run the same "
+                          "command again to continue")
+  study.add_argument("--dry-run", action="store_true",
+                     help="list the runs the current results call for")
   report = commands.add_parser("report", help="tables and figures of runs")
   report.add_argument("--runs", required=True, type=pathlib.Path)
   report.add_argument("--out", default=None, type=pathlib.Path,
@@ -224,9 +237,55 @@ def run_command(args) -> int:
       print(error, file=sys.stderr)
   root = preset_root(args)
   text = report.compare(root)
+  runs = report.load_runs(root)
+  if runs and any(report.SHARED_LOSS in r for run in runs
+                  for r in run["metrics"]):
+    figure = report.plot_comparison(
+        {name: [r for r in runs if r["summary"]["name"] == name]
+         for name in dict.fromkeys(r["summary"]["name"] for r in runs)},
+        root / "comparison.png")
+    text += (f"\nFigure: {figure} (both methods on the same axes); each "
+             "run's own curves are in its curves.png.\n")
+  from experiments.configs import get_preset
+
+  see_also = get_preset(args.preset, args.scale).see_also
+  if see_also:
+    text += f"\nOne seed per method at this size; {see_also}.\n"
   print(text)
   (root / "comparison.md").write_text(text)
   return 1 if failures else 0
+
+
+def study_command(args) -> int:
+  """Runs (or continues) a study, then writes its report."""
+  from experiments.configs import studies
+  from experiments import study as study_lib
+
+  study = studies.get_study(args.study)
+  if args.max_steps is not None and args.max_steps < 1:
+    raise SystemExit(f"--max-steps={args.max_steps} must be positive.")
+  root = args.runs_dir / f"study-{study.name}"
+  if not args.dry_run:
+    _request_cpu_devices(study.base.workers.num_workers, 1)
+  runner = study_lib.StudyRunner(study, root, max_steps=args.max_steps,
+                                 dry_run=args.dry_run)
+  try:
+    choices = runner.execute()
+    finished = not runner.planned and choices["seed_dirs"]
+  except study_lib.BudgetExhausted as stop:
+    print(f"Stopped: {stop}. Run the same command again to continue.")
+    finished = False
+  if args.dry_run:
+    for label, directory in runner.planned:
+      print(f"{label:50s} -> {directory}")
+    print(f"{len(runner.planned)} runs next (later stages depend on their "
+          "results).")
+    return 0
+  text = study_lib.write_report(study, root, args.report_dir or root / "report")
+  print(text)
+  if not finished:
+    print("The study is not finished; the report shows the runs so far.")
+  return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(report.write_report(args.runs, args.out))
     return 0
+  if args.command == "study":
+    return study_command(args)
   return run_command(args)
 
 

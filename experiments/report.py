@@ -2,8 +2,9 @@
 
 - `plot_run(run_dir)`: `curves.png` of one run (the trainer calls it).
 - `compare(root)`: a Markdown comparison of the runs under `root` (e.g. one
-  preset): training loss reached, steps to reach a common training loss, the
-  task's test metric, wall time.
+  preset): the shared point's training loss reached, the steps to reach
+  mini-batch SGD's final one and the speed-up, the task's test metric, wall
+  time.
 - `write_report(runs_root)`: every preset found under `runs_root` as the
   paper's table (our mean ± std next to the published value) or figure.
 """
@@ -26,6 +27,10 @@ from experiments.configs.paper_results import PAPER_RESULTS
 # Training losses are noisy per step; comparisons use a running mean over this
 # fraction of an epoch's records (at least one record).
 SMOOTHING_EPOCHS = 1.0
+# The shared point's training loss compared between methods (classification).
+SHARED_LOSS = "shared_point_train_loss"
+# A run's final loss is the mean of its last few measurements.
+FINAL_POINTS = 3
 
 
 def read_metrics(run_dir: pathlib.Path) -> list[dict[str, Any]]:
@@ -54,8 +59,12 @@ def _curve(records, key):
 
 
 def smoothed_train_loss(records: list[dict[str, Any]]):
-  """(steps, epochs, running mean of the training loss over about an epoch)."""
-  steps, epochs, loss = _curve(records, "train_loss")
+  """(steps, epochs, running mean of the online training loss over an epoch).
+
+  The online loss is measured where each worker's gradient was taken (the
+  extrapolated point z for EXTRAP-SGD), in training mode on augmented batches.
+  """
+  steps, epochs, loss = _curve(records, "online_train_loss")
   if not len(loss):
     return steps, epochs, loss
   per_epoch = len(loss) / max(epochs[-1], 1e-9)
@@ -67,10 +76,48 @@ def smoothed_train_loss(records: list[dict[str, Any]]):
 
 
 def steps_to_reach(records: list[dict[str, Any]], target: float) -> float:
-  """The first step whose smoothed training loss is <= target (nan: never)."""
+  """The first step whose smoothed online loss is <= target (nan: never)."""
   steps, _, loss = smoothed_train_loss(records)
   reached = np.nonzero(loss <= target + 1e-12)[0]
   return float(steps[reached[0]]) if len(reached) else math.nan
+
+
+def final_value(records: list[dict[str, Any]], key: str,
+                points: int = FINAL_POINTS) -> float:
+  """Mean of the last `points` measurements of `key` (nan: none)."""
+  values = [r[key] for r in records if key in r]
+  if not values:
+    return math.nan
+  return float(np.mean(values[-points:]))
+
+
+def first_crossing(records: list[dict[str, Any]], key: str, target: float,
+                   window: int = 1) -> float:
+  """The first step at which `key` reaches `target` or below (nan: never).
+
+  With `window` > 1 the curve is first replaced by its trailing mean over
+  `window` measurements (the value at a step averages it with the
+  `window - 1` measurements before), so that one lucky measurement does not
+  count as reaching the target; `final_value` with the same count is the
+  last point of that curve. The crossing is linearly interpolated between
+  the two points around it, so that it does not snap to the measurement
+  interval.
+  """
+  points = [(r["step"], r[key]) for r in records if key in r]
+  values = np.asarray([v for _, v in points], float)
+  cumulative = np.cumsum(np.insert(values, 0, 0.0))
+  previous = None
+  for i, (step, _) in enumerate(points):
+    low = max(0, i + 1 - window)
+    value = (cumulative[i + 1] - cumulative[low]) / (i + 1 - low)
+    if value <= target + 1e-12:
+      if previous is None or previous[1] == value:
+        return float(step)
+      step0, value0 = previous
+      return float(step0 + (value0 - target) / (value0 - value)
+                   * (step - step0))
+    previous = (step, value)
+  return math.nan
 
 
 def _group(runs, key=lambda s: s["name"]):
@@ -101,35 +148,69 @@ def _metric_scale(metric: str) -> float:
 def compare(root: pathlib.Path) -> str:
   """Markdown comparison of the runs under `root`, grouped by run name.
 
-  The common target is the highest of the groups' lowest smoothed training
-  losses, i.e. the best loss every method reached; "steps to target" is when
-  each method first reached it (mean over seeds).
+  Methods are compared at the same kind of point: by the shared point's
+  training loss (`shared_point_train_loss`, what every method evaluates and
+  ships) when the runs measured it, else by the smoothed online training loss.
+  The target is mini-batch SGD's final loss (the mean of its last
+  `FINAL_POINTS` measurements) when such a run is there, else the highest of
+  the runs' final losses; "steps to target" is when each run's loss, averaged
+  over its last `FINAL_POINTS` measurements, first reached it (interpolated,
+  mean over seeds), and the speed-up is mini-batch SGD's steps over the
+  method's, seed by seed.
   """
   runs = load_runs(root)
   if not runs:
     return f"No runs with a summary.json under {root}."
+  shared = all(any(SHARED_LOSS in r for r in run["metrics"]) for run in runs)
+  if shared:
+    loss_name = f"shared-point training loss ({SHARED_LOSS})"
+
+    def final(records):
+      return final_value(records, SHARED_LOSS)
+
+    def reach(records, target):
+      return first_crossing(records, SHARED_LOSS, target, FINAL_POINTS)
+  else:
+    loss_name = (f"online training loss at the gradient's point, smoothed "
+                 f"over {SMOOTHING_EPOCHS:g} epoch")
+
+    def final(records):
+      loss = smoothed_train_loss(records)[2]
+      return float(loss[-1]) if len(loss) else math.nan
+
+    def reach(records, target):
+      return steps_to_reach(records, target)
+
   groups = _group(runs, key=lambda s: (s["name"], s.get("row", "")))
-  best = {name: min((float(np.min(smoothed_train_loss(r["metrics"])[2]))
-                     for r in members if r["metrics"]), default=math.nan)
-          for name, members in groups.items()}
-  finite = [b for b in best.values() if math.isfinite(b)]
-  target = max(finite) if finite else math.nan
+  baseline = [m for (name, _), m in groups.items() if name == "minibatch_sgd"]
+  targets_by_seed, common = {}, math.nan
+  if baseline:
+    targets_by_seed = {m["summary"]["seed"]: final(m["metrics"])
+                       for m in baseline[0]}
+    target_text = "mini-batch SGD's final loss, per seed"
+  else:
+    finals = [final(r["metrics"]) for r in runs]
+    common = max((f for f in finals if math.isfinite(f)), default=math.nan)
+    target_text = f"{common:.4f}, the highest final loss of the runs"
   metric = runs[0]["summary"]["main_metric"]
   scale = _metric_scale(metric)
-  lines = [f"Runs under {root} (training loss smoothed over "
-           f"{SMOOTHING_EPOCHS:g} epoch; target = {target:.4f}, the lowest "
-           "smoothed loss that every run reached).", "",
-           f"| run | seeds | status | steps | final train loss | lowest "
-           f"smoothed loss | steps to loss {target:.4f} | {metric} | wall s |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-  reach = {}
-  for (name, row), members in groups.items():
+  lines = [f"Runs under {root}, compared by the {loss_name}; final = mean "
+           f"of the last {FINAL_POINTS} measurements; target = "
+           f"{target_text}.", "",
+           f"| run | seeds | status | steps | final loss | steps to target "
+           f"| {metric} | wall s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  reached: dict[str, dict[int, float]] = {}
+  for (name, _), members in groups.items():
     summaries = [m["summary"] for m in members]
     seeds = len(members)
-    reach[name] = _mean_std(steps_to_reach(m["metrics"], target)
-                            for m in members)
+    reached[name] = {}
+    for member in members:
+      seed = member["summary"]["seed"]
+      target = targets_by_seed.get(seed, math.nan) if baseline else common
+      reached[name][seed] = reach(member["metrics"], target)
     statuses = ",".join(sorted({s["status"] for s in summaries}))
-    final = _mean_std(s.get("final_train_loss") for s in summaries)
+    final_loss = _mean_std(final(m["metrics"]) for m in members)
     metric_value = _mean_std(
         None if s.get(f"final_{metric}") is None
         else s[f"final_{metric}"] * scale for s in summaries)
@@ -137,17 +218,29 @@ def compare(root: pathlib.Path) -> str:
     steps = max(s["steps"] for s in summaries)
     lines.append(
         f"| {name} | {seeds} | {statuses} | {steps} | "
-        f"{_fmt(*final, seeds, 4)} | {best[(name, row)]:.4f} | "
-        f"{_fmt(*reach[name], seeds, 0)} | {_fmt(*metric_value, seeds)} | "
-        f"{wall[0]:.0f} |")
-  baseline = reach.get("minibatch_sgd", (math.nan,))[0]
-  for name, (steps, _) in reach.items():
-    if name != "minibatch_sgd" and math.isfinite(baseline) and math.isfinite(
-        steps) and steps > 0:
-      lines.append("")
-      lines.append(f"{name} reached training loss {target:.4f} at step "
-                   f"{steps:.0f}, mini-batch SGD at step {baseline:.0f} "
-                   f"(speed-up {baseline / steps:.2f}x).")
+        f"{_fmt(*final_loss, seeds, 4)} | "
+        f"{_fmt(*_mean_std(reached[name].values()), seeds, 0)} | "
+        f"{_fmt(*metric_value, seeds)} | {wall[0]:.0f} |")
+  base = reached.get("minibatch_sgd", {})
+  for name, by_seed in reached.items():
+    if name == "minibatch_sgd" or not base:
+      continue
+    ratios = [base[seed] / steps for seed, steps in by_seed.items()
+              if seed in base and math.isfinite(steps) and steps > 0]
+    missed = sum(1 for seed, steps in by_seed.items()
+                 if seed in base and not math.isfinite(steps))
+    lines.append("")
+    if ratios:
+      mean, std = _mean_std(ratios)
+      verdict = ("faster" if mean > 1 else "slower" if mean < 1
+                 else "as fast")
+      lines.append(
+          f"{name} reached mini-batch SGD's final loss {mean:.2f}x as fast "
+          f"({verdict}; {_fmt(mean, std, len(ratios))} over "
+          f"{len(ratios)} seed(s)" + (f", not reached in {missed}" if missed
+                                      else "") + ").")
+    else:
+      lines.append(f"{name} did not reach mini-batch SGD's final loss.")
   return "\n".join(lines) + "\n"
 
 
@@ -155,9 +248,11 @@ def plot_run(run_dir: pathlib.Path) -> pathlib.Path:
   """Draws `curves.png`: training loss and every evaluation metric vs epoch."""
   run_dir = pathlib.Path(run_dir)
   records = read_metrics(run_dir)
-  keys = ["train_loss"] + sorted(
-      {k for r in records for k in r if k.startswith(("test_", "valid_"))}
-      | {k for r in records for k in r if k == "smoothness"})
+  keys = ["online_train_loss"] + sorted(
+      {k for r in records for k in r
+       if k.startswith(("test_", "valid_", "shared_point_"))}
+      | {k for r in records for k in r
+         if k == "smoothness" or k.startswith("extrapolation_ratio")})
   fig = Figure(figsize=(4 * len(keys), 3.2))
   axes = fig.subplots(1, len(keys), squeeze=False)
   for ax, key in zip(axes[0], keys):
@@ -169,6 +264,63 @@ def plot_run(run_dir: pathlib.Path) -> pathlib.Path:
   path = run_dir / "curves.png"
   fig.savefig(path, dpi=100)
   return path
+
+
+def plot_comparison(groups: dict[str, list[dict[str, Any]]],
+                    path: pathlib.Path,
+                    key: str = SHARED_LOSS) -> pathlib.Path:
+  """One Figure-1-style comparison: every method on the same axes.
+
+  (a) `key` (the shared point's training loss) against epochs, the mean over
+  seeds with the seeds' range shaded, and each method's online loss at its
+  gradient's point (first seed, smoothed) dotted; (b) the smoothness L of the
+  probed steps, mean over the seeds that probed.
+
+  Args:
+    groups: label -> runs (as `load_runs` gives them), one entry per method.
+    path: the PNG file to write.
+    key: the loss to compare.
+
+  Returns:
+    `path`.
+  """
+  fig = Figure(figsize=(11, 4))
+  loss_ax, smooth_ax = fig.subplots(1, 2)
+  for index, (label, runs) in enumerate(groups.items()):
+    color = f"C{index}"
+    curves = [c for c in (_curve(r["metrics"], key) for r in runs) if len(c[0])]
+    if curves:
+      length = min(len(c[1]) for c in curves)
+      values = np.stack([c[2][:length] for c in curves])
+      epochs = curves[0][1][:length]
+      loss_ax.plot(epochs, values.mean(0), color=color,
+                   label=f"{label} ({len(curves)} seed"
+                   f"{'s' if len(curves) > 1 else ''})")
+      if len(curves) > 1:
+        loss_ax.fill_between(epochs, values.min(0), values.max(0),
+                             color=color, alpha=0.2)
+    for _, epochs, values in (smoothed_train_loss(r["metrics"])
+                              for r in runs[:1]):
+      loss_ax.plot(epochs, values, color=color, ls=":", lw=1,
+                   label=f"{label}: online loss at the gradient's point")
+    probes = [p for p in (_curve(r["metrics"], "smoothness") for r in runs)
+              if len(p[0])]
+    if probes:
+      length = min(len(p[1]) for p in probes)
+      values = np.stack([p[2][:length] for p in probes])
+      smooth_ax.plot(probes[0][1][:length], values.mean(0), color=color,
+                     marker="o", label=f"{label} ({len(probes)} seed"
+                     f"{'s' if len(probes) > 1 else ''})")
+  loss_ax.set(xlabel="epoch", ylabel=key, yscale="log",
+              title="(a) training loss of the shared point y")
+  smooth_ax.set(xlabel="epoch", ylabel="L", yscale="log",
+                title="(b) smoothness L of the step")
+  loss_ax.legend(fontsize=6)
+  if smooth_ax.lines:
+    smooth_ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  return pathlib.Path(path)
 
 
 def _table(preset: str, runs: list[dict[str, Any]]) -> str:
@@ -200,14 +352,15 @@ def _table(preset: str, runs: list[dict[str, Any]]) -> str:
 def _figure(runs: list[dict[str, Any]], out: pathlib.Path,
             name: str) -> pathlib.Path:
   """Curves of every run (mean over seeds): training loss and test metrics."""
-  keys = ["train_loss"] + sorted(
+  keys = ["online_train_loss"] + sorted(
       {k for r in runs for rec in r["metrics"] for k in rec
-       if k.startswith(("test_", "valid_")) or k == "smoothness"})
+       if k.startswith(("test_", "valid_", "shared_point_"))
+       or k == "smoothness"})
   fig = Figure(figsize=(4.2 * len(keys), 3.4))
   axes = fig.subplots(1, len(keys), squeeze=False)
   for label, members in _group(runs).items():
     for ax, key in zip(axes[0], keys):
-      curves = [_curve(m["metrics"], key) if key != "train_loss"
+      curves = [_curve(m["metrics"], key) if key != "online_train_loss"
                 else smoothed_train_loss(m["metrics"]) for m in members]
       length = min(len(c[1]) for c in curves)
       if not length:
@@ -217,8 +370,8 @@ def _figure(runs: list[dict[str, Any]], out: pathlib.Path,
               marker="." if length < 20 else None)
   for ax, key in zip(axes[0], keys):
     ax.set_xlabel("epoch")
-    ax.set_title(key + (" (smoothed)" if key == "train_loss" else ""))
-    if key in ("train_loss", "smoothness"):
+    ax.set_title(key + (" (smoothed)" if key == "online_train_loss" else ""))
+    if key in ("online_train_loss", SHARED_LOSS, "smoothness"):
       ax.set_yscale("log")
   axes[0][0].legend(fontsize=7)
   fig.suptitle(name)

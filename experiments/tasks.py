@@ -10,12 +10,19 @@ The trainer (`experiments.train`) is task-agnostic; a `Task` gives it
   `Workers.map`; a pure function of (seed, step), so a resumed run sees the
   same data as an uninterrupted one;
 - `evaluate(params, model_state)`: test metrics at the shared point, with the
-  model state averaged over workers.
+  model state averaged over workers;
+- classification also has `evaluate_train(params, model_state)`: the same
+  point's loss on a fixed training subset (`data.train_eval_size` examples,
+  eval mode, no augmentation), the training loss the methods are compared by.
 
 Data sources (`config.data.source`): "auto" takes CIFAR-10 from
 `$EXTRAP_OPTAX_DATA_DIR/cifar10-jpeg` when it exists, else tfds, and text from
 `$EXTRAP_OPTAX_DATA_DIR`; "synthetic" makes random data of the same shapes
-(tests and toy runs).
+(tests and toy runs). In `cifar10-jpeg`, "auto", "jpeg" and "local" take the
+full set (`cifar10_jpeg_full.npz`, 50,000 train images) when it is there, else
+the subset (`cifar10_jpeg_subset.npz`, 10,000); "jpeg_full" and "jpeg_subset"
+force one. Both are JPEG quality 75, not the original pixels; "tfds" has the
+original ones. `Classification.data_source` says which source was used.
 """
 
 from __future__ import annotations
@@ -97,6 +104,18 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
+# The concrete image sources (`Classification._resolve_source`), as recorded
+# in `Classification.data_source`.
+_CIFAR_SOURCE_NAMES = {
+    "synthetic": "synthetic",
+    "tfds": "tfds CifarBinary (original pixels)",
+    "jpeg_full": f"{cifar.JPEG_FULL_FILE.removesuffix('.npz')} "
+                 "(JPEG quality 75)",
+    "jpeg_subset": f"{cifar.JPEG_FILE.removesuffix('.npz')} "
+                   "(JPEG quality 75, 1,000 train images per class)",
+}
+
+
 class Classification:
   """CIFAR-10/100 with ResNet-20 or VGG-11; top-1 accuracy on the test set."""
 
@@ -107,11 +126,16 @@ class Classification:
   def __init__(self, config: ml_collections.ConfigDict,
                workers: extrap_optax.Workers):
     self.config = config
+    # Which data was used, e.g. "cifar10_jpeg_full (JPEG quality 75)".
+    self.data_source = _CIFAR_SOURCE_NAMES[self._resolve_source(config)]
     data = self._load(config)
-    train_images, train_labels = _subset(
+    train_images, train_labels = class_balanced_prefix(
         data.train_images, data.train_labels, config.data.train_size)
     self.test_images, self.test_labels = _subset(
         data.test_images, data.test_labels, config.data.eval_size)
+    # The same subset for every run on the same data, whatever the seed.
+    self.train_eval_images, self.train_eval_labels = _subset(
+        train_images, train_labels, config.data.train_eval_size)
     self.mean, self.std = data.mean, data.std
     sharding = (workers.sharding if isinstance(workers.sharding, NamedSharding)
                 else None)
@@ -130,22 +154,43 @@ class Classification:
     self._eval_step = jax.jit(self._eval_step_fn)
 
   @staticmethod
-  def _load(config: ml_collections.ConfigDict) -> cifar.CifarData:
+  def _resolve_source(config: ml_collections.ConfigDict) -> str:
+    """`config.data.source` made concrete: a key of `_CIFAR_SOURCE_NAMES`.
+
+    "auto" is the JPEG data when `<root>/cifar10-jpeg` exists (CIFAR-10
+    only), else "tfds"; "auto", "jpeg" and "local" are "jpeg_full" when
+    `<root>/cifar10-jpeg/cifar10_jpeg_full.npz` exists, else "jpeg_subset".
+    """
     source, dataset = config.data.source, config.data.dataset
+    if source in ("synthetic", "tfds"):
+      return source
     root = data_dir(config)
-    has_jpeg = root is not None and (root / cifar.JPEG_SUBDIR).is_dir()
+    jpeg_dir = None if root is None else root / cifar.JPEG_SUBDIR
+    if source == "auto":
+      if dataset != "cifar10" or jpeg_dir is None or not jpeg_dir.is_dir():
+        return "tfds"
+      source = "jpeg"
+    if source not in ("jpeg", "local", "jpeg_full", "jpeg_subset"):
+      raise ValueError(f"Unknown data.source {source!r} for {dataset}.")
+    if dataset != "cifar10":
+      raise ValueError(f"data.source={source!r} only has CIFAR-10; use "
+                       f"data.source='tfds' for {dataset}.")
+    if source in ("jpeg", "local"):
+      has_full = (jpeg_dir is not None
+                  and (jpeg_dir / cifar.JPEG_FULL_FILE).is_file())
+      source = "jpeg_full" if has_full else "jpeg_subset"
+    return source
+
+  @staticmethod
+  def _load(config: ml_collections.ConfigDict) -> cifar.CifarData:
+    source = Classification._resolve_source(config)
     if source == "synthetic":
       return _synthetic_cifar(config)
-    if source == "auto":
-      source = "jpeg" if dataset == "cifar10" and has_jpeg else "tfds"
-    if source in ("jpeg", "local"):
-      if dataset != "cifar10":
-        raise ValueError(f"data.source={source!r} only has CIFAR-10; use "
-                         f"data.source='tfds' for {dataset}.")
-      return cifar.load_cifar10_jpeg_subset(root)
-    if source == "tfds":
-      return cifar.load_cifar_tfds(dataset)
-    raise ValueError(f"Unknown data.source {source!r} for {dataset}.")
+    if source == "jpeg_full":
+      return cifar.load_cifar10_jpeg_full(data_dir(config))
+    if source == "jpeg_subset":
+      return cifar.load_cifar10_jpeg_subset(data_dir(config))
+    return cifar.load_cifar_tfds(config.data.dataset)
 
   def init(self, rng: jax.Array) -> tuple[Any, Any]:
     variables = self.model.init(rng, jnp.zeros((1, 32, 32, 3)), train=False)
@@ -161,7 +206,7 @@ class Classification:
     loss = optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), labels).mean()
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return loss, (dict(new_state), {"train_accuracy": accuracy})
+    return loss, (dict(new_state), {"online_train_accuracy": accuracy})
 
   def train_batch(self, step: int) -> Batch:
     return self.pipeline.batch(step)
@@ -173,19 +218,59 @@ class Classification:
     correct = jnp.argmax(logits, -1) == labels
     return jnp.sum(losses * mask), jnp.sum(correct * mask)
 
-  def evaluate(self, params, model_state) -> dict[str, float]:
+  def _loss_and_accuracy(self, params, model_state, images,
+                         labels) -> tuple[float, float]:
+    """Mean loss and accuracy in eval mode, without augmentation."""
     sharding = NamedSharding(self.eval_mesh, P("batch"))
     total_loss = total_correct = 0.0
-    for images, labels, mask in cifar.eval_batches(
-        self.test_images, self.test_labels, self.eval_batch_size, self.mean,
-        self.std):
-      loss, correct = self._eval_step(
-          params, model_state, *jax.device_put((images, labels, mask),
-                                               sharding))
+    for batch in cifar.eval_batches(images, labels, self.eval_batch_size,
+                                    self.mean, self.std):
+      loss, correct = self._eval_step(params, model_state,
+                                      *jax.device_put(batch, sharding))
       total_loss += float(loss)
       total_correct += float(correct)
-    n = len(self.test_labels)
-    return {"test_loss": total_loss / n, "test_accuracy": total_correct / n}
+    return total_loss / len(labels), total_correct / len(labels)
+
+  def evaluate(self, params, model_state) -> dict[str, float]:
+    loss, accuracy = self._loss_and_accuracy(
+        params, model_state, self.test_images, self.test_labels)
+    return {"test_loss": loss, "test_accuracy": accuracy}
+
+  def evaluate_train(self, params, model_state) -> dict[str, float]:
+    """Loss and accuracy on the fixed training subset (`data.train_eval_size`)."""
+    loss, accuracy = self._loss_and_accuracy(
+        params, model_state, self.train_eval_images, self.train_eval_labels)
+    return {"shared_point_train_loss": loss,
+            "shared_point_train_accuracy": accuracy}
+
+
+def class_balanced_prefix(images: np.ndarray, labels: np.ndarray,
+                          size: int) -> tuple[np.ndarray, np.ndarray]:
+  """The first `size / C` examples of each of the C classes, in source order.
+
+  A training subset that is the same whatever the seed and balanced over
+  classes (the first `size mod C` classes get one more). On the full CIFAR-10
+  JPEG set, `size=10000` is exactly the 10,000-image JPEG subset.
+
+  Args:
+    images: (N, ...) examples.
+    labels: (N,) int class labels in [0, C).
+    size: how many to keep; 0 (or at least N) keeps all.
+
+  Returns:
+    `(images, labels)` of the kept examples, in their original order.
+  """
+  if not size or size >= len(labels):
+    return images, labels
+  classes = int(labels.max()) + 1
+  quota = np.full(classes, size // classes)
+  quota[:size % classes] += 1
+  rank = np.zeros(len(labels), np.int64)
+  for c in range(classes):
+    members = np.nonzero(labels == c)[0]
+    rank[members] = np.arange(len(members))
+  rows = np.nonzero(rank < quota[labels])[0]
+  return images[rows], labels[rows]
 
 
 def _subset(images: np.ndarray, labels: np.ndarray,
@@ -293,7 +378,8 @@ class LanguageModel:
                                      train=True, rngs={"dropout": rng})
     loss = models.language_model_loss(logits, targets)
     carry = jax.lax.stop_gradient(carry)
-    return loss, ({"carry": carry}, {"train_perplexity": jnp.exp(loss)})
+    return loss, ({"carry": carry},
+                  {"online_train_perplexity": jnp.exp(loss)})
 
   def train_batch(self, step: int) -> Batch:
     return place(self.workers, self.batcher.batch(step))

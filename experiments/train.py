@@ -19,6 +19,7 @@ newest checkpoint is the last good one.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import pathlib
@@ -36,6 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import extrap_optax
 from experiments import checkpointing
+from experiments.configs import base as config_base
 from experiments import report
 from experiments import tasks
 
@@ -100,21 +102,59 @@ def make_optimizer(config: ml_collections.ConfigDict,
                    learning_rate: optax.Schedule, steps_per_epoch: int,
                    num_steps: int,
                    axis_name: Any) -> optax.GradientTransformation:
-  """The method of `config.optimizer` over the workers' `axis_name`."""
+  """The method of `config.optimizer` over the workers' `axis_name`.
+
+  With `optimizer.extrapolation_scaling = "trust_ratio"` (EXTRAP-SGD's
+  LARS-scaled past gradient, App. C.1) the extrapolation rate is
+  γ̂_t = c·(γ̃/K)·γ_t/γ_peak, with γ_peak = γ0·K·B/B_ref the peak of the
+  Goyal et al. schedule; "none" (the default) uses γ̂_t = c·γ_t/K.
+  """
   opt = config.optimizer
   num_workers = config.workers.num_workers
-  extrapolation_rate = extrap_optax.extrapolation_rate_schedule(
-      learning_rate, num_workers=num_workers, scale=opt.extrapolation_scale)
+  method = opt.method
+  scaling = opt.get("extrapolation_scaling", "none")
+  if scaling not in config_base.EXTRAPOLATION_SCALINGS:
+    raise ValueError(
+        f"Unknown optimizer.extrapolation_scaling {scaling!r}; choose one of "
+        f"{config_base.EXTRAPOLATION_SCALINGS}.")
+  scaled_methods = ("extrap_sgd", "post_local_extrap_sgd")
+  if scaling != "none" and method not in scaled_methods:
+    raise ValueError(
+        f"optimizer.extrapolation_scaling={scaling!r} applies to the methods "
+        f"{scaled_methods} only (the past-gradient extrapolation), not to "
+        f"optimizer.method={method!r}: set it to 'none'.")
+  if scaling == "trust_ratio":
+    if not opt.trust_coefficient:
+      raise ValueError(
+          "optimizer.extrapolation_scaling='trust_ratio' sizes the "
+          "extrapolation as a LARS step, γ̂_t = c·(γ̃/K)·γ_t/γ_peak, and needs "
+          "LARS: optimizer.trust_coefficient is 0. Set "
+          "optimizer.trust_coefficient > 0 (the paper: 0.02) or "
+          "optimizer.extrapolation_scaling='none'.")
+    if config.schedule.name not in ("goyal", "constant"):
+      raise ValueError(
+          "optimizer.extrapolation_scaling='trust_ratio' divides by the peak "
+          "of the Goyal et al. schedule (schedule.name 'goyal' or "
+          f"'constant'), got schedule.name={config.schedule.name!r}.")
+    local_batch = config.workers.local_batch_size
+    reference_batch = config.schedule.reference_batch_size or local_batch
+    peak = (opt.base_learning_rate * num_workers * local_batch
+            / reference_batch)
+    factor = opt.extrapolation_scale * opt.trust_coefficient / num_workers
+    extrapolation_rate = lambda count: factor * learning_rate(count) / peak
+  else:
+    extrapolation_rate = extrap_optax.extrapolation_rate_schedule(
+        learning_rate, num_workers=num_workers, scale=opt.extrapolation_scale)
   sgd_args = dict(momentum=opt.momentum, weight_decay=opt.weight_decay,
                   trust_coefficient=opt.trust_coefficient or None,
                   axis_name=axis_name)
   adam_args = dict(b1=opt.b1, b2=opt.b2, eps=opt.eps, axis_name=axis_name)
-  method = opt.method
   if method == "minibatch_sgd":
     return extrap_optax.minibatch_sgd(learning_rate, **sgd_args)
   if method == "extrap_sgd":
     return extrap_optax.extrap_sgd(
-        learning_rate, extrapolation_rate=extrapolation_rate, **sgd_args)
+        learning_rate, extrapolation_rate=extrapolation_rate,
+        extrapolation_scaling=scaling, **sgd_args)
   if method == "noise_extrap_sgd":
     return extrap_optax.noise_extrap_sgd(
         learning_rate, extrapolation_rate=extrapolation_rate, noise=opt.noise,
@@ -126,7 +166,7 @@ def make_optimizer(config: ml_collections.ConfigDict,
         sync_period=opt.sync_period,
         extrapolation_rate=(extrapolation_rate
                             if method == "post_local_extrap_sgd" else 0.0),
-        **sgd_args)
+        extrapolation_scaling=scaling, **sgd_args)
   if method == "adam":
     return extrap_optax.adam(learning_rate, **adam_args)
   if method == "extrap_adam":
@@ -146,6 +186,46 @@ def _evaluation_steps(config: ml_collections.ConfigDict,
   return (steps | {num_steps}) - {0}
 
 
+def _train_evaluation_steps(config: ml_collections.ConfigDict,
+                            num_steps: int) -> set[int]:
+  """When the shared point's training loss is measured (empty: never)."""
+  if config.data.train_eval_size <= 0:
+    return set()
+  every = config.train_eval_every_steps
+  if every <= 0:
+    return _evaluation_steps(config, num_steps)
+  return set(range(every, num_steps + 1, every)) | {num_steps}
+
+
+def extrapolation_ratios(params: Any, opt_state: Any, next_params: Any,
+                         next_opt_state: Any) -> dict[str, jax.Array]:
+  """How far each tensor is extrapolated, relative to the step just taken.
+
+  Per tensor j, r_j = ‖z_{t+1,j} − y_{t+1,j}‖ / ‖y_{t+1,j} − y_{t,j}‖: the
+  length of the extrapolation for the next gradient against the length of the
+  shared point's last update (tensors that did not move are left out). One
+  worker's view; the trainer averages it over workers.
+
+  Returns:
+    `extrapolation_ratio_median` and `extrapolation_ratio_max` over tensors.
+  """
+  shared = extrap_optax.evaluation_params(params, opt_state)
+  next_shared = extrap_optax.evaluation_params(next_params, next_opt_state)
+
+  def norm(x):
+    return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))
+
+  offsets = jax.tree.leaves(jax.tree.map(
+      lambda z, y: norm(z - y), next_params, next_shared))
+  steps = jax.tree.leaves(jax.tree.map(
+      lambda new, old: norm(new - old), next_shared, shared))
+  offsets, steps = jnp.stack(offsets), jnp.stack(steps)
+  moved = steps > 0
+  ratios = jnp.where(moved, offsets / jnp.where(moved, steps, 1.0), jnp.nan)
+  return {"extrapolation_ratio_median": jnp.nan_to_num(jnp.nanmedian(ratios)),
+          "extrapolation_ratio_max": jnp.nan_to_num(jnp.nanmax(ratios))}
+
+
 def _is_due(step: int, every: int, last: int) -> bool:
   return step == last or (every > 0 and step % every == 0)
 
@@ -156,8 +236,25 @@ def _host(tree: Any) -> Any:
 
 
 def _worker0(tree: Any) -> Any:
-  """Worker 0's copy of a stacked tree, as numpy."""
-  return jax.tree.map(lambda x: x[0], _host(tree))
+  """Worker 0's copy of a stacked tree, as numpy, on every process."""
+  leaves = jax.tree.leaves(tree)
+  if all(x.is_fully_addressable for x in leaves):
+    return jax.tree.map(lambda x: x[0], _host(tree))
+  # Multi-host: a process's first shard holds its own first worker (worker 4
+  # of 8 on process 1), so worker 0's row is first replicated everywhere.
+  return _host(_first_row(leaves[0].sharding.mesh)(tree))
+
+
+_FIRST_ROW_FNS: dict[Any, Any] = {}
+
+
+def _first_row(mesh: jax.sharding.Mesh) -> Any:
+  """A jitted `tree -> row 0 of each leaf`, replicated over `mesh`."""
+  if mesh not in _FIRST_ROW_FNS:
+    _FIRST_ROW_FNS[mesh] = jax.jit(
+        lambda t: jax.tree.map(lambda x: x[0], t),
+        out_shardings=NamedSharding(mesh, P()))
+  return _FIRST_ROW_FNS[mesh]
 
 
 class Trainer:
@@ -188,6 +285,13 @@ class Trainer:
     self.axis_name = axis_name
     self.tx = make_optimizer(config, self.learning_rate, self.steps_per_epoch,
                              self.num_steps, axis_name)
+    self.extrapolates = _has_extrapolation_state(self.tx)
+    if config.data.train_eval_size > 0 and not hasattr(self.task,
+                                                       "evaluate_train"):
+      raise ValueError(
+          f"data.train_eval_size={config.data.train_eval_size}, but task "
+          f"{config.task!r} has no training-subset evaluation; set "
+          "data.train_eval_size=0.")
     self.base_key = jax.random.key(config.seed)
     self._train_step = self.workers.map(
         self._step_fn, in_axes=(0, 0, None), donate_argnums=(0,))
@@ -226,8 +330,11 @@ class Trainer:
     updates, opt_state = self.tx.update(grads, opt_state, params)
     new_state = {"params": optax.apply_updates(params, updates),
                  "opt_state": opt_state, "model_state": model_state}
-    metrics = jax.lax.pmean({"train_loss": loss, **metrics}, self.axis_name)
-    return new_state, metrics
+    metrics = {"online_train_loss": loss, **metrics}
+    if self.extrapolates:
+      metrics.update(extrapolation_ratios(
+          params, state["opt_state"], new_state["params"], opt_state))
+    return new_state, jax.lax.pmean(metrics, self.axis_name)
 
   def _mean_gradient_fn(self, params, model_state, batch, step):
     """∇f of the global mini-batch at `params` (the smoothness probe's)."""
@@ -279,6 +386,19 @@ class Trainer:
         state["params"], state["opt_state"], state["model_state"]))
     return self.task.evaluate(params, model_state)
 
+  def evaluate_train(self, state: dict[str, Any]) -> dict[str, float]:
+    """The shared point's loss on the fixed training subset (eval mode).
+
+    `shared_point_train_loss` and `shared_point_train_accuracy`: the model
+    every method ships (y, with worker-averaged BatchNorm statistics), on
+    `data.train_eval_size` training examples without augmentation; the same
+    kind of point for every method, unlike `online_train_loss`, which is
+    measured where each worker's gradient was taken (z for EXTRAP-SGD).
+    """
+    params, model_state = _host(self._eval_point(
+        state["params"], state["opt_state"], state["model_state"]))
+    return self.task.evaluate_train(params, model_state)
+
   def final_parameters(self, state: dict[str, Any]) -> Any:
     """The shared point y (as evaluated), as numpy."""
     return _host(self._eval_point(state["params"], state["opt_state"],
@@ -327,6 +447,7 @@ class Trainer:
     writer = (tensorboardX.SummaryWriter(str(self.run_dir / "tb"))
               if self.is_main_process else None)
     eval_steps = _evaluation_steps(config, self.num_steps)
+    train_eval_steps = _train_evaluation_steps(config, self.num_steps)
     progress = tqdm.tqdm(
         total=self.num_steps, initial=step, desc=config.name,
         disable=not (config.progress_bar and self.is_main_process),
@@ -334,6 +455,7 @@ class Trainer:
     pending: list[tuple[int, Any]] = []
     last_eval: dict[str, float] = {}
     last_train: dict[str, float] = {}
+    last_train_eval: dict[str, float] = {}
     status = "completed"
     start_time = last_time = time.perf_counter()
     first_step_seconds = None
@@ -352,10 +474,12 @@ class Trainer:
           first_step_seconds = time.perf_counter() - start_time
           last_time, pending_start = time.perf_counter(), step
         evaluate = step in eval_steps
-        checkpoint = _is_due(step, config.checkpoint_every_steps,
-                             self.num_steps)
-        if evaluate or checkpoint or _is_due(step, config.log_every_steps,
-                                             self.num_steps):
+        evaluate_train = step in train_eval_steps
+        # A time-boxed job also saves where it stops.
+        checkpoint = step == last_step or _is_due(
+            step, config.checkpoint_every_steps, self.num_steps)
+        if (evaluate or evaluate_train or checkpoint
+            or _is_due(step, config.log_every_steps, self.num_steps)):
           records = self._flush(pending)
           pending = []
           now = time.perf_counter()
@@ -369,14 +493,21 @@ class Trainer:
             self._write(record, writer)
           last_train = records[-1]
           progress.set_postfix(
-              loss=f"{last_train['train_loss']:.4f}",
+              loss=f"{last_train['online_train_loss']:.4f}",
               **{self.task.throughput_unit: f"{throughput:.0f}"})
+          evaluation = {}
+          if evaluate_train:
+            evaluation.update(self.evaluate_train(state))
+            last_train_eval = dict(evaluation)
           if evaluate:
             last_eval = self.evaluate(state)
+            evaluation.update(last_eval)
+          if evaluation:
             self._write({"step": step, "epoch": step / self.steps_per_epoch,
-                         **last_eval}, writer)
+                         **evaluation}, writer)
+          if evaluate:
             progress.write(f"[{config.name}] step {step}: " + ", ".join(
-                f"{k}={v:.4f}" for k, v in last_eval.items()))
+                f"{k}={v:.4f}" for k, v in evaluation.items()))
           if checkpoint:
             if not bool(_host(self._all_finite(state["params"]))):
               raise NonFiniteLossError(
@@ -400,12 +531,16 @@ class Trainer:
       if writer is not None:
         writer.close()
     self.state = state
-    if not last_eval and step == self.num_steps:
+    if step == self.num_steps:
       # Resumed from the final checkpoint: nothing trained, still report.
-      last_eval = self.evaluate(state)
+      if not last_eval:
+        last_eval = self.evaluate(state)
+      if not last_train_eval and train_eval_steps:
+        last_train_eval = self.evaluate_train(state)
     if step < self.num_steps:
       status = "stopped"
-    summary = self._write_summary(status, step, last_eval, last_train,
+    summary = self._write_summary(status, step,
+                                  {**last_eval, **last_train_eval}, last_train,
                                   time.perf_counter() - start_time,
                                   first_step_seconds)
     if self.is_main_process:
@@ -420,9 +555,10 @@ class Trainer:
       record = {"step": step, "epoch": step / self.steps_per_epoch,
                 "learning_rate": float(self.learning_rate(step - 1)),
                 **{k: float(v) for k, v in metrics.items()}}
-      if not math.isfinite(record["train_loss"]):
+      if not math.isfinite(record["online_train_loss"]):
         raise NonFiniteLossError(
-            f"The training loss is {record['train_loss']} at step {step}.")
+            f"The training loss is {record['online_train_loss']} at step "
+            f"{step}.")
       records.append(record)
     return records
 
@@ -438,12 +574,21 @@ class Trainer:
         "main_metric": self.task.main_metric,
         "higher_is_better": self.task.higher_is_better,
         "wall_seconds": seconds, "first_step_seconds": first_step_seconds,
-        "final_train_loss": last_train.get("train_loss"),
+        "data_source": getattr(self.task, "data_source", ""),
+        "finished_at": datetime.datetime.now(
+            datetime.timezone.utc).isoformat(timespec="seconds"),
+        "final_online_train_loss": last_train.get("online_train_loss"),
         **{f"final_{k}": v for k, v in last_eval.items()},
     }
     if self.is_main_process:
       (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _has_extrapolation_state(tx: optax.GradientTransformation) -> bool:
+  """Whether `tx` keeps a shared point apart from the parameters."""
+  state = jax.eval_shape(tx.init, {"w": jax.ShapeDtypeStruct((1,), jnp.float32)})
+  return optax.tree_utils.tree_get(state, "ExtrapolationState") is not None
 
 
 def make_eval_point(averages_points: bool):

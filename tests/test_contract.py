@@ -58,6 +58,11 @@ TRANSFORMS = [
         dict(learning_rate=0.1, extrapolation_rate=0.05, weight_decay=1e-2),
         id="extrap_sgd-lars"),
     pytest.param(
+        lambda **hp: extrap_optax.extrap_sgd(
+            trust_coefficient=0.02, extrapolation_scaling="trust_ratio", **hp),
+        dict(learning_rate=0.1, extrapolation_rate=0.05, weight_decay=1e-2),
+        id="extrap_sgd-trust_ratio"),
+    pytest.param(
         lambda **hp: extrap_optax.scale_by_larc(**hp),
         dict(learning_rate=0.1, trust_coefficient=0.02, weight_decay=1e-2),
         id="scale_by_larc"),

@@ -502,3 +502,377 @@ def test_inject_hyperparams_momentum():
   expected, _ = plain.update(grads, plain.init(params), params)
   got, _ = jax.jit(injected.update)(grads, injected.init(params), params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, expected)
+
+
+# 8. The LARS-scaled past gradient: App. C.1's reading of γ̂ (γ̂ = c·γ̃/K).
+
+TRUST_WEIGHT_DECAY = 1e-2
+
+
+def _np_trust_ratio(grads, params, weight_decay, decayed, eps=1e-8):
+  """ζ_j = ‖y_j‖·g_j / (‖g_j‖ + λ_j‖y_j‖ + ε) per tensor j, in float64; ζ_j = g_j
+  where ‖y_j‖ or ‖g_j‖ is 0 (as LARC leaves such tensors unscaled)."""
+  zeta = {}
+  for name, g in grads.items():
+    g = np.asarray(g, np.float64)
+    y = np.asarray(params[name], np.float64)
+    g_norm, y_norm = np.sqrt(np.sum(g**2)), np.sqrt(np.sum(y**2))
+    lam = weight_decay if decayed[name] else 0.0
+    zeta[name] = (g if g_norm == 0 or y_norm == 0
+                  else y_norm * g / (g_norm + lam * y_norm + eps))
+  return zeta
+
+
+def _trust_ratio_tree(seed=4):
+  """y and g over a conv kernel (HWIO), a matrix, a bias, a tensor that is 0 in y
+  and a tensor whose gradient is 0."""
+  rng = np.random.default_rng(seed)
+  shapes = {"conv": (3, 3, 2, 4), "dense": (5, 3), "bias": (3,),
+            "zero_param": (4, 2), "zero_grad": (2, 3)}
+  params = {k: rng.normal(size=s) for k, s in shapes.items()}
+  # Gradients ten times smaller than the weights: the trust ratio is far from 1.
+  grads = {k: 0.1 * rng.normal(size=s) for k, s in shapes.items()}
+  params["zero_param"][:] = 0.0
+  grads["zero_grad"][:] = 0.0
+  to32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
+  return to32(params), to32(grads)
+
+
+def _context(grads, next_params, params=None):
+  return extrap_optax.PerturbationContext(
+      local_grads=grads, mean_grads=grads,
+      params=next_params if params is None else params, next_params=next_params,
+      base_state=(), next_base_state=(), next_count=jnp.ones((), jnp.int32),
+      worker_index=jnp.zeros((), jnp.int32))
+
+
+_ALL = ("conv", "dense", "bias", "zero_param", "zero_grad")
+_TRUST_RATIO_DECAY = [
+    pytest.param(0.0, None, {k: True for k in _ALL}, id="no_decay"),
+    # None means every tensor, as for scale_by_larc.
+    pytest.param(0.1, None, {k: True for k in _ALL}, id="decay_all"),
+    pytest.param(0.1, extrap_optax.matrices_only,
+                 {k: k != "bias" for k in _ALL}, id="matrices_only"),
+    pytest.param(0.5, {"conv": True, "dense": False, "bias": True,
+                       "zero_param": True, "zero_grad": False},
+                 {"conv": True, "dense": False, "bias": True,
+                  "zero_param": True, "zero_grad": False}, id="pytree_mask"),
+]
+
+
+@pytest.mark.parametrize(("weight_decay", "mask", "decayed"), _TRUST_RATIO_DECAY)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_trust_ratio_past_gradient_matches_numpy(weight_decay, mask, decayed, jit):
+  next_params, grads = _trust_ratio_tree()
+  # ζ uses y_{t+1} (the point it is used at), not y_t: give y_t other norms.
+  params = jax.tree.map(lambda y: 3.0 * y + 1.0, next_params)
+  source = extrap_optax.past_gradient(
+      "trust_ratio", weight_decay=weight_decay, weight_decay_mask=mask)
+  zeta = (jax.jit(source) if jit else source)(_context(grads, next_params, params))
+  expected = _np_trust_ratio(grads, next_params, weight_decay, decayed)
+  for name in _ALL:
+    assert zeta[name].dtype == jnp.float32, name
+    np.testing.assert_allclose(zeta[name], expected[name], rtol=1e-5, err_msg=name)
+  # Zero norms: left unscaled, exactly.
+  for name in ("zero_param", "zero_grad"):
+    np.testing.assert_array_equal(zeta[name], grads[name], err_msg=name)
+  # The scaling acts (the reference is not the raw gradient).
+  assert not np.allclose(zeta["conv"], grads["conv"], rtol=0.1)
+
+
+def test_trust_ratio_past_gradient_keeps_the_gradient_dtype():
+  next_params, grads = _trust_ratio_tree()
+  grads16 = jax.tree.map(lambda g: g.astype(jnp.bfloat16), grads)
+  zeta = jax.jit(extrap_optax.past_gradient("trust_ratio", weight_decay=0.1))(
+      _context(grads16, next_params))
+  expected = _np_trust_ratio(grads16, next_params, 0.1, {k: True for k in _ALL})
+  for name in _ALL:
+    assert zeta[name].dtype == jnp.bfloat16, name
+    np.testing.assert_allclose(np.asarray(zeta[name], np.float32), expected[name],
+                               rtol=1e-2, atol=1e-6, err_msg=name)
+
+
+def test_unscaled_past_gradient_is_the_local_gradient():
+  next_params, grads = _trust_ratio_tree()
+  zeta = extrap_optax.past_gradient()(_context(grads, next_params))
+  assert zeta is grads
+
+
+def _trust_ratio_problem(seed=5):
+  """Per-worker quadratics ½‖c_k ⊙ p − d_k‖² over a conv kernel, a matrix and a
+  bias, and a matrix that the loss ignores (zero gradient), in float64."""
+  rng = np.random.default_rng(seed)
+  shapes = {"conv": (2, 2, 3, 4), "dense": (5, 3), "bias": (3,)}
+  params = {k: rng.normal(size=s) for k, s in shapes.items()}
+  params["unused"] = rng.normal(size=(2, 2))
+  coefficients = {k: rng.uniform(0.5, 1.5, size=(K,) + s) for k, s in shapes.items()}
+  offsets = {k: rng.normal(size=(K,) + s) for k, s in shapes.items()}
+  return params, coefficients, offsets
+
+
+def _trust_ratio_loss(params, coefficients, offsets):
+  return sum(0.5 * jnp.sum(jnp.square(coefficients[k] * params[k] - offsets[k]))
+             for k in coefficients)
+
+
+def _np_quadratic_grads(point, coefficients, offsets, worker):
+  """∇ of worker k's quadratic at `point`, in float64 (0 for ignored tensors)."""
+  grads = {}
+  for name, p in point.items():
+    p = np.asarray(p, np.float64)
+    if name in coefficients:
+      c, d = coefficients[name][worker], offsets[name][worker]
+      grads[name] = c * (c * p - d)
+    else:
+      grads[name] = np.zeros_like(p)
+  return grads
+
+
+def _np_larc_or_decay(mean_grad, y, weight_decay, trust_coefficient, lr):
+  """The base step's d for one tensor: coupled L2, or apex LARC (clip mode)."""
+  if trust_coefficient is None:
+    return mean_grad + weight_decay * y
+  g_norm, y_norm = np.linalg.norm(mean_grad.ravel()), np.linalg.norm(y.ravel())
+  if g_norm == 0 or y_norm == 0:
+    return mean_grad
+  ratio = trust_coefficient * y_norm / (g_norm + weight_decay * y_norm + 1e-8)
+  return min(ratio / lr, 1.0) * (mean_grad + weight_decay * y)
+
+
+def _algorithm_1_on_a_tree(x0, grads_at, num_workers, lr, extrapolation_rate,
+                           momentum, weight_decay, decayed, trust_coefficient,
+                           direction, num_steps):
+  """Algorithm 1 in float64 over a dict of tensors, line by line as
+  `_algorithm_1`, with two additions of this library's base step: the coupled L2
+  [+ LARC] d_t of the averaged gradient at y_t = x_t + u·v_t, and a perturbation
+  ζ^k_t = direction(g^k_{t−1}, y_t) in the extrapolation step.
+
+  Returns, for each step t, y_t and the points x^k_{t+1/2} of the workers.
+  """
+  x = {k: np.array(v, np.float64) for k, v in x0.items()}
+  v = {k: np.zeros_like(p) for k, p in x.items()}
+  previous_grads = None
+  trajectory = []
+  for t in range(num_steps):
+    y = {k: x[k] + momentum * v[k] for k in x}
+    if t == 0:  # footnote 1: no extrapolation at t = 0
+      quarter = [dict(x) for _ in range(num_workers)]
+    else:
+      quarter = []
+      for w in range(num_workers):
+        zeta = direction(previous_grads[w], y)
+        quarter.append({k: x[k] - extrapolation_rate * zeta[k] for k in x})
+    half = [{k: quarter[w][k] + momentum * v[k] for k in x}
+            for w in range(num_workers)]
+    grads = [grads_at(half[w], w) for w in range(num_workers)]
+    trajectory.append((y, half))
+    for k in x:
+      mean_grad = sum(g[k] for g in grads) / num_workers
+      d = _np_larc_or_decay(mean_grad, y[k], weight_decay if decayed[k] else 0.0,
+                            trust_coefficient, lr)
+      v[k] = momentum * v[k] - lr * d
+      x[k] = x[k] + v[k]
+    previous_grads = grads
+  return trajectory
+
+
+@pytest.mark.parametrize("trust_coefficient", [None, 0.02], ids=["no_lars", "lars"])
+def test_trust_ratio_extrap_sgd_follows_algorithm_1(trust_coefficient):
+  x0, c, d = _trust_ratio_problem()
+  num_steps, lr = 3, 0.1
+  decayed = {k: np.ndim(p) >= 2 for k, p in x0.items()}  # the default mask
+  direction = lambda g, y: _np_trust_ratio(g, y, TRUST_WEIGHT_DECAY, decayed)
+  expected = _algorithm_1_on_a_tree(
+      x0, lambda point, w: _np_quadratic_grads(point, c, d, w), 1, lr, GAMMA_HAT,
+      0.9, TRUST_WEIGHT_DECAY, decayed, trust_coefficient, direction, num_steps)
+
+  tx = extrap_optax.extrap_sgd(
+      lr, extrapolation_rate=GAMMA_HAT, momentum=0.9,
+      weight_decay=TRUST_WEIGHT_DECAY, trust_coefficient=trust_coefficient,
+      extrapolation_scaling="trust_ratio")
+  data = jax.tree.map(lambda x: jnp.asarray(x[0], jnp.float32), (c, d))
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(_trust_ratio_loss)(params, *data)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), x0)
+  state = tx.init(params)
+  for t, (y, half) in enumerate(expected):
+    shared = extrap_optax.evaluation_params(params, state)
+    for name in x0:
+      np.testing.assert_allclose(shared[name], y[name], rtol=1e-5, atol=1e-6,
+                                 err_msg=f"y_t, {name}, t={t}")
+      np.testing.assert_allclose(params[name], half[0][name], rtol=1e-5, atol=1e-6,
+                                 err_msg=f"x_(t+1/2), {name}, t={t}")
+    params, state = step(params, state)
+  # The extrapolation acted: the held point is not the shared point.
+  offset = jax.tree.map(jnp.subtract, params, extrap_optax.evaluation_params(params, state))
+  assert np.max(np.abs(offset["conv"])) > 1e-3
+
+
+def test_trust_ratio_offsets_of_k_workers():
+  """On K workers, z^k − y = −γ̂·ζ(g^k, y) with each worker's own gradient."""
+  x0, c, d = _trust_ratio_problem()
+  workers = extrap_optax.Workers(K)
+  tx = extrap_optax.extrap_sgd(
+      0.1, extrapolation_rate=GAMMA_HAT, weight_decay=TRUST_WEIGHT_DECAY,
+      trust_coefficient=0.02, extrapolation_scaling="trust_ratio",
+      axis_name=workers.axis_name)
+
+  def step(params, state, data):
+    grads = jax.grad(_trust_ratio_loss)(params, *data)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  step = workers.map(step)
+  params = workers.replicate(jax.tree.map(lambda x: np.asarray(x, np.float32), x0))
+  state = workers.map(tx.init)(params)
+  data = workers.put(jax.tree.map(lambda x: np.asarray(x, np.float32), (c, d)))
+  decayed = {k: np.ndim(p) >= 2 for k, p in x0.items()}
+  as64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+  for t in range(3):
+    held = as64(params)
+    grads = [_np_quadratic_grads({k: v[w] for k, v in held.items()}, c, d, w)
+             for w in range(K)]
+    params, state = step(params, state, data)
+    shared = as64(extrap_optax.evaluation_params(params, state))
+    offsets = [{k: np.asarray(params[k][w], np.float64) - shared[k][w] for k in x0}
+               for w in range(K)]
+    for w in range(K):
+      y = {k: v[w] for k, v in shared.items()}
+      zeta = _np_trust_ratio(grads[w], y, TRUST_WEIGHT_DECAY, decayed)
+      for name in x0:
+        np.testing.assert_array_equal(shared[name][w], shared[name][0])
+        np.testing.assert_allclose(
+            offsets[w][name], -GAMMA_HAT * zeta[name], rtol=1e-4, atol=1e-6,
+            err_msg=f"{name}, worker {w}, step {t}")
+    assert not np.allclose(offsets[0]["conv"], offsets[1]["conv"])
+    np.testing.assert_array_equal(offsets[0]["unused"], 0.0)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(scaling="lars"), r"`scaling`.*\('none', 'trust_ratio'\).*'lars'"),
+    (dict(scaling="trust_ratio", weight_decay=-1e-4), "`weight_decay`"),
+    (dict(scaling="trust_ratio", eps=-1.0), "`eps`"),
+], ids=["scaling", "weight_decay", "eps"])
+def test_bad_past_gradient_argument_is_named(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    extrap_optax.past_gradient(**kwargs)
+
+
+def test_past_gradient_options_are_keyword_only():
+  with pytest.raises(TypeError):
+    extrap_optax.past_gradient("trust_ratio", 1e-4)
+
+
+def test_trust_ratio_mask_structure_is_checked():
+  source = extrap_optax.past_gradient(
+      "trust_ratio", weight_decay=0.1, weight_decay_mask={"w": True})
+  with pytest.raises(ValueError, match="`weight_decay_mask`"):
+    source(_context(_PARAMS, _PARAMS))
+
+
+@pytest.mark.parametrize("factory", [
+    lambda **kw: extrap_optax.extrap_sgd(0.1, extrapolation_rate=0.01, **kw),
+    lambda **kw: extrap_optax.post_local_sgd(
+        0.1, start_step=1, sync_period=2, extrapolation_rate=0.01, **kw),
+], ids=["extrap_sgd", "post_local_sgd"])
+def test_unknown_extrapolation_scaling_is_named(factory):
+  with pytest.raises(ValueError,
+                     match=r"`extrapolation_scaling`.*\('none', 'trust_ratio'\)"):
+    factory(extrapolation_scaling="trust")
+
+
+def test_post_local_trust_ratio_needs_the_default_perturbation():
+  with pytest.raises(ValueError, match="`extrapolation_scaling`.*`perturbation`"):
+    extrap_optax.post_local_sgd(
+        0.1, start_step=1, sync_period=2, extrapolation_rate=0.01,
+        perturbation=extrap_optax.gradient_noise(), extrapolation_scaling="trust_ratio")
+
+
+def test_post_local_sgd_before_t0_is_trust_ratio_extrap_sgd():
+  x0, c, d = _trust_ratio_problem()
+  hp = dict(extrapolation_rate=GAMMA_HAT, weight_decay=TRUST_WEIGHT_DECAY,
+            trust_coefficient=0.02, extrapolation_scaling="trust_ratio")
+  data = jax.tree.map(lambda x: jnp.asarray(x[0], jnp.float32), (c, d))
+  results = []
+  for tx in (extrap_optax.extrap_sgd(0.1, **hp),
+             extrap_optax.post_local_sgd(0.1, start_step=10, sync_period=2, **hp)):
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), x0)
+    state = tx.init(params)
+    for _ in range(3):
+      grads = jax.grad(_trust_ratio_loss)(params, *data)
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+    results.append(params)
+  for name in x0:
+    np.testing.assert_allclose(results[1][name], results[0][name], rtol=1e-6,
+                               atol=1e-7, err_msg=name)
+
+
+# The trainer's configuration of the option (experiments/train.py).
+
+def _toy_extrap_config(method="extrap_sgd"):
+  pytest.importorskip("ml_collections")
+  from experiments import configs
+  config = configs.get_preset("fig1", "toy").runs["extrap_sgd"]
+  config.optimizer.method = method
+  config.optimizer.extrapolation_scaling = "trust_ratio"
+  config.optimizer.extrapolation_scale = 2.0
+  config.schedule.warmup_epochs = 1.0
+  config.schedule.reference_batch_size = 2
+  config.optimizer.local_start_epoch = 5.0  # post-local SGD: local from t0 = 20
+  return config
+
+
+@pytest.mark.parametrize("method", ["extrap_sgd", "post_local_extrap_sgd"])
+def test_trainer_builds_trust_ratio_extrapolation(method):
+  from experiments import train
+  config = _toy_extrap_config(method)
+  opt, num_workers = config.optimizer, config.workers.num_workers
+  steps_per_epoch, num_steps = 4, 40
+  learning_rate = train.make_schedule(config, steps_per_epoch, num_steps)
+  tx = train.make_optimizer(config, learning_rate, steps_per_epoch, num_steps,
+                            axis_name=None)
+  # γ_peak = γ0·K·B/B_ref, the value the schedule reaches after its warm-up.
+  peak = (opt.base_learning_rate * num_workers * config.workers.local_batch_size
+          / config.schedule.reference_batch_size)
+  np.testing.assert_allclose(float(learning_rate(steps_per_epoch)), peak, rtol=1e-6)
+  x0, c, d = _trust_ratio_problem()
+  data = jax.tree.map(lambda x: jnp.asarray(x[0], jnp.float32), (c, d))
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), x0)
+  state = tx.init(params)
+  decayed = {k: np.ndim(p) >= 2 for k, p in x0.items()}
+  for t in range(3):  # inside the warm-up: γ̂ follows γ_t
+    grads = jax.grad(_trust_ratio_loss)(params, *data)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    shared = extrap_optax.evaluation_params(params, state)
+    rate = (opt.extrapolation_scale * opt.trust_coefficient / num_workers
+            * float(learning_rate(t + 1)) / peak)
+    zeta = _np_trust_ratio(grads, shared, opt.weight_decay, decayed)
+    for name in x0:
+      np.testing.assert_allclose(
+          np.asarray(params[name], np.float64) - np.asarray(shared[name], np.float64),
+          -rate * zeta[name], rtol=1e-4, atol=1e-7, err_msg=f"{name}, step {t}")
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    (dict(trust_coefficient=0.0),
+     r"optimizer\.extrapolation_scaling.*optimizer\.trust_coefficient.*> 0"),
+    (dict(extrapolation_scaling="lars"),
+     r"optimizer\.extrapolation_scaling.*\('none', 'trust_ratio'\)"),
+    (dict(method="noise_extrap_sgd"), r"optimizer\.extrapolation_scaling.*'none'"),
+    (dict(method="minibatch_sgd"), r"optimizer\.extrapolation_scaling.*'none'"),
+], ids=["without_lars", "unknown", "noise_extrap_sgd", "minibatch_sgd"])
+def test_trainer_rejects_bad_extrapolation_scaling(changes, match):
+  from experiments import train
+  config = _toy_extrap_config()
+  for key, value in changes.items():
+    setattr(config.optimizer, key, value)
+  learning_rate = train.make_schedule(config, 4, 40)
+  with pytest.raises(ValueError, match=match):
+    train.make_optimizer(config, learning_rate, 4, 40, axis_name=None)

@@ -8,7 +8,9 @@ Conventions:
 - `optimizer.base_learning_rate` is the *unscaled* rate γ0 of one worker's
   batch; the schedule scales it by K·B/B_ref (Goyal et al., 2017).
 - `optimizer.trust_coefficient = 0` means no LARS.
-- `optimizer.extrapolation_scale` is c in γ̂_t = c·γ_t/K (App. C.1).
+- `optimizer.extrapolation_scale` is c in γ̂_t = c·γ_t/K (App. C.1), or in
+  γ̂_t = c·(γ̃/K)·γ_t/γ_peak with `optimizer.extrapolation_scaling =
+  "trust_ratio"`.
 - Intervals (`*_every_steps`) of 0 mean "never"; evaluation and checkpoints
   also happen at the last step.
 """
@@ -21,8 +23,10 @@ TASKS = ("classification", "language_model", "translation")
 METHODS = ("minibatch_sgd", "extrap_sgd", "noise_extrap_sgd", "post_local_sgd",
            "post_local_extrap_sgd", "adam", "extrap_adam")
 NOISES = ("uniform", "gaussian", "smoothout", "gradient")
+EXTRAPOLATION_SCALINGS = ("none", "trust_ratio")
 SCHEDULES = ("goyal", "constant", "inverse_sqrt")
-DATA_SOURCES = ("auto", "tfds", "jpeg", "local", "synthetic")
+DATA_SOURCES = ("auto", "tfds", "jpeg", "local", "jpeg_full", "jpeg_subset",
+                "synthetic")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -39,8 +43,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   # cifar10 | cifar100 | wikitext2 | multi30k.
   config.data.dataset = "cifar10"
-  # auto: CIFAR from $EXTRAP_OPTAX_DATA_DIR/cifar10-jpeg when present, else
-  # tfds; text from $EXTRAP_OPTAX_DATA_DIR. tfds | jpeg | local | synthetic.
+  # auto: CIFAR-10 from $EXTRAP_OPTAX_DATA_DIR/cifar10-jpeg when present, else
+  # tfds; text from $EXTRAP_OPTAX_DATA_DIR. tfds: original CIFAR pixels.
+  # jpeg | local: the full JPEG set (cifar10_jpeg_full.npz) when present,
+  # else the 10,000-image subset; jpeg_full | jpeg_subset force one (both
+  # JPEG quality 75, not the original pixels). synthetic: random data.
   config.data.source = "auto"
   # Root of the local data; empty means $EXTRAP_OPTAX_DATA_DIR.
   config.data.data_dir = ""
@@ -48,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_size = 0
   # Keep only the first N test examples / validation tokens / pairs (0: all).
   config.data.eval_size = 0
+  # Classification: the shared point's training loss is measured on this many
+  # training examples (a fixed subset, eval mode, no augmentation; 0: off).
+  config.data.train_eval_size = 0
   config.data.augment = True
   config.data.eval_batch_size = 1000
   # Language modelling: BPTT length; evaluation batch columns.
@@ -75,6 +85,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 1e-4
   config.optimizer.trust_coefficient = 0.02
   config.optimizer.extrapolation_scale = 1.0
+  # EXTRAP-SGD's past gradient (extrap_sgd, post_local_extrap_sgd).
+  # "none": γ̂_t = c·γ_t/K on the raw past gradient (§3.1); "trust_ratio":
+  # LARS-scaled past gradient with γ̂_t = c·(γ̃/K)·γ_t/γ_peak (App. C.1's
+  # reading; follows the warm-up like the LARS step does). Needs LARS
+  # (trust_coefficient > 0).
+  config.optimizer.extrapolation_scaling = "none"
   config.optimizer.noise = "uniform"
   # Post-local SGD: t0 in epochs (negative: the first learning-rate decay), H.
   config.optimizer.local_start_epoch = -1.0
@@ -105,6 +121,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 0
   # Evaluations per run when eval_every_steps is 0 (evenly spaced).
   config.num_evals = 30
+  # Shared-point training loss every N steps (0: at the test evaluations).
+  config.train_eval_every_steps = 0
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 2
   # Smoothness probe of Figure 1(b) every N steps (0: off).

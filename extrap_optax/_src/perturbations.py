@@ -7,12 +7,13 @@ point y_{t+1} are all at hand. Computing it there (instead of at the start of th
 next step) is why no source needs memory of its own: the anisotropic source needs
 last step's ḡ, which is still in hand, and no extra collective.
 
-| source                     | ζ^k_{t+1}                                    |
-| -------------------------- | -------------------------------------------- |
-| `past_gradient`            | g^k_t (EXTRAP-SGD, Algorithm 1)              |
-| `filterwise_noise`         | ‖y_j‖ · ξ_j / ‖ξ_j‖ per filter j, ξ per worker |
-| `filterwise_noise(shared)` | the same draw on every worker (SmoothOut)    |
-| `gradient_noise`           | g^k_t − ḡ_t (anisotropic)                    |
+| source                         | ζ^k_{t+1}                                             |
+| ------------------------------ | ----------------------------------------------------- |
+| `past_gradient`                | g^k_t (EXTRAP-SGD, Algorithm 1)                       |
+| `past_gradient("trust_ratio")` | ‖y_j‖ · g^k_j / (‖g^k_j‖ + λ_j‖y_j‖ + ε) per tensor j |
+| `filterwise_noise`             | ‖y_j‖ · ξ_j / ‖ξ_j‖ per filter j, ξ per worker        |
+| `filterwise_noise(shared)`     | the same draw on every worker (SmoothOut)             |
+| `gradient_noise`               | g^k_t − ḡ_t (anisotropic)                             |
 
 Randomness is derived from a seed, the step count and the worker index with
 `jax.random.fold_in`, so nothing random is stored per worker and a run is
@@ -26,6 +27,9 @@ from typing import Literal, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 import optax
+
+from extrap_optax._src import lars
+from extrap_optax._src import validation
 
 
 class PerturbationContext(NamedTuple):
@@ -59,16 +63,105 @@ class Perturbation(Protocol):
     ...
 
 
-def past_gradient() -> Perturbation:
-  """ζ^k_{t+1} = g^k_t: the past local mini-batch gradient (EXTRAP-SGD).
+PAST_GRADIENT_SCALINGS = ("none", "trust_ratio")
 
-  **Choice** (see the design notes): the raw local gradient, i.e. after whatever
-  the user chained before the optimizer on each worker (such as the LSTM's
-  gradient clipping), and without weight decay or LARS.
+
+def past_gradient(
+    scaling: Literal["none", "trust_ratio"] = "none",
+    *,
+    weight_decay: float = 0.0,
+    weight_decay_mask: lars.Mask | None = None,
+    eps: float = 1e-8,
+) -> Perturbation:
+  r"""The past local mini-batch gradient (EXTRAP-SGD), raw or LARS-scaled.
+
+  With :math:`g` the worker's local gradient :math:`g^k_t` and :math:`y` the
+  shared point :math:`y_{t+1}` at which the perturbation will be used, per
+  parameter tensor :math:`j`:
+
+  .. math::
+
+    \zeta_j = g_j \quad \text{(scaling="none")}, \qquad
+    \zeta_j = \frac{\|y_j\|}{\|g_j\| + \lambda_j \|y_j\| + \epsilon} \, g_j
+    \quad \text{(scaling="trust_ratio")},
+
+  with :math:`\lambda_j` = `weight_decay` where `weight_decay_mask` is True
+  and 0 elsewhere. As in LARC (`scale_by_larc`), a tensor with
+  :math:`\|y_j\| = 0` or :math:`\|g_j\| = 0` is left unscaled,
+  :math:`\zeta_j = g_j`.
+
+  The paper leaves the scale of the extrapolation ambiguous. §3.1 and
+  Remark 4.5 take the raw gradient with :math:`\hat\gamma \approx \gamma/K`,
+  the learning rate of small-batch training ("none", the default, Algorithm
+  1). App. C.1 tunes :math:`\hat\gamma` "by scaling the
+  :math:`\tilde\gamma/K`", with :math:`\tilde\gamma` the LARS trust
+  coefficient, which reads as an extrapolation sized like a LARS step: with
+  "trust_ratio" and :math:`\hat\gamma = c\,\tilde\gamma/K`, the offset
+
+  .. math::
+
+    \delta_j = -c \, \frac{\tilde\gamma}{K} \,
+      \frac{\|y_j\|}{\|g_j\| + \lambda_j \|y_j\|} \, g_j
+
+  is the (unclipped) LARS step of the raw gradient, scaled by :math:`c/K`.
+  The raw gradient is never decayed: :math:`\lambda` enters only the
+  denominator, as in LARC's trust ratio. The norms are computed in at least
+  float32; ζ has the gradient's dtype.
+
+  **Choice** (raw gradient): ζ is formed from the local gradient after
+  whatever the user chained before the optimizer on each worker (such as the
+  LSTM's gradient clipping).
+
+  Args:
+    scaling: "none" (ζ = g, default) or "trust_ratio" (ζ scaled per tensor as
+      above).
+    weight_decay: :math:`\lambda \ge 0` in the denominator of the trust
+      ratio; ignored by "none". Pass the optimizer's coupled L2 coefficient.
+    weight_decay_mask: which tensors have :math:`\lambda_j = \lambda`: a
+      pytree of static bools like the params, one bool, or a callable params
+      -> such a pytree; None means every tensor (the semantics of
+      `scale_by_larc`). Pass the optimizer's mask (`extrap_sgd` does).
+    eps: :math:`\epsilon \ge 0`, added to the denominator (LARC: 1e-8).
+
+  Returns:
+    A `Perturbation`.
+
+  Raises:
+    ValueError: for a `scaling` other than "none" or "trust_ratio", a negative
+      `weight_decay` or `eps`, or (when ζ is formed) a `weight_decay_mask`
+      whose structure does not match the params.
+
+  References:
+    Lin et al., Extrapolation for Large-batch Training in Deep Learning,
+    ICML 2020, §3.1, Remark 4.5 and App. C.1.
+    You et al., `Large Batch Training of Convolutional Networks
+    <https://arxiv.org/abs/1708.03888>`_, 2017.
   """
+  if scaling not in PAST_GRADIENT_SCALINGS:
+    raise ValueError(
+        f"`scaling` must be one of {PAST_GRADIENT_SCALINGS}, got {scaling!r}.")
+  validation.check_non_negative("weight_decay", weight_decay)
+  validation.check_non_negative("eps", eps)
+
+  if scaling == "none":
+    def direction(context: PerturbationContext) -> optax.Updates:
+      return context.local_grads
+
+    return direction
+
+  def scaled(g: jax.Array, y: jax.Array, decayed: bool) -> jax.Array:
+    wd = weight_decay if decayed else 0.0
+    y_norm, g_norm = lars._norm(y), lars._norm(g)
+    ratio = y_norm / (g_norm + wd * y_norm + eps)
+    wide = g.astype(jnp.promote_types(g.dtype, ratio.dtype))
+    out = jnp.where((y_norm != 0) & (g_norm != 0), wide * ratio, wide)
+    return out.astype(g.dtype)
 
   def direction(context: PerturbationContext) -> optax.Updates:
-    return context.local_grads
+    decay_tree = lars._resolve_mask(
+        "weight_decay_mask", weight_decay_mask, context.next_params)
+    return jax.tree.map(
+        scaled, context.local_grads, context.next_params, decay_tree)
 
   return direction
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import optax
 
 from extrap_optax._src import extrapolation
@@ -23,6 +25,7 @@ def post_local_sgd(
     weight_decay: float = 0.0,
     weight_decay_mask: sgd.MaskOrFn = None,
     trust_coefficient: float | None = None,
+    extrapolation_scaling: Literal["none", "trust_ratio"] = "none",
     axis_name: validation.AxisName | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Post-local SGD, optionally with extrapolation (paper App. D.1, Algorithm 2).
@@ -54,24 +57,49 @@ def post_local_sgd(
       decay).
     sync_period: H >= 1, local steps between parameter averages (paper: 8 for
       global batch 8,192, 4 for 16,384; tuned in {4, 8, 16}).
-    extrapolation_rate: γ̂ >= 0 (0: plain post-local SGD).
-    perturbation: ζ; default `past_gradient()` (EXTRAP-SGD).
+    extrapolation_rate: γ̂ >= 0 (0: plain post-local SGD); c·γ_t/K for the
+      raw past gradient, c·(γ̃/K)·γ_t/γ_peak for "trust_ratio" (see
+      `extrap_sgd`).
+    perturbation: ζ; default `past_gradient(extrapolation_scaling, ...)`
+      (EXTRAP-SGD).
     momentum: u in [0, 1).
     weight_decay: coupled L2 coefficient λ >= 0.
     weight_decay_mask: which tensors are decayed (default: ndim >= 2).
     trust_coefficient: LARS trust coefficient γ̃ (apex LARC), or `None` for no LARS.
+    extrapolation_scaling: the default perturbation's scaling, as in
+      `extrap_sgd`: "none" (raw past gradient, §3.1) or "trust_ratio"
+      (LARS-scaled past gradient, App. C.1, with this optimizer's λ and mask).
+      Only with the default `perturbation`.
     axis_name: the worker axis name(s), or `None` for one worker.
 
   Returns:
     An `optax.GradientTransformationExtraArgs` with an `ExtrapolationState`.
+
+  Raises:
+    ValueError: for bad `start_step`, `sync_period`, an unknown
+      `extrapolation_scaling`, or a non-"none" one with a `perturbation`.
   """
   for name, value, minimum in (("start_step", start_step, 0),
                                ("sync_period", sync_period, 1)):
     if not isinstance(value, int) or value < minimum:
       raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+  if extrapolation_scaling not in perturbations.PAST_GRADIENT_SCALINGS:
+    raise ValueError(
+        "`extrapolation_scaling` must be one of "
+        f"{perturbations.PAST_GRADIENT_SCALINGS}, got {extrapolation_scaling!r}.")
+  if perturbation is None:
+    perturbation = perturbations.past_gradient(
+        extrapolation_scaling, weight_decay=weight_decay,
+        weight_decay_mask=sgd._checked_mask(
+            "weight_decay_mask", weight_decay_mask))
+  elif extrapolation_scaling != "none":
+    raise ValueError(
+        f"`extrapolation_scaling`={extrapolation_scaling!r} scales the default "
+        "past-gradient perturbation; with a custom `perturbation` leave it "
+        "'none' (or pass `past_gradient(scaling=...)` as the perturbation).")
   base = sgd.nesterov_sgd(
       learning_rate, momentum=momentum, weight_decay=weight_decay,
       weight_decay_mask=weight_decay_mask, trust_coefficient=trust_coefficient)
   return extrapolation.make_extrapolated(
-      base, perturbation or perturbations.past_gradient(), extrapolation_rate,
+      base, perturbation, extrapolation_rate,
       axis_name, extrapolation.LocalSteps(start_step, sync_period))

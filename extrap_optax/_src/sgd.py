@@ -145,9 +145,13 @@ def extrapolated_sgd(
 
   Args:
     learning_rate: γ, a float or an `optax.Schedule`.
-    perturbation: ζ, e.g. `past_gradient()`, `filterwise_noise(seed)`,
-      `smoothout_noise(seed)`, `gradient_noise()`.
-    extrapolation_rate: γ̂ >= 0, a float or a schedule (paper: γ̂ ≈ c·γ/K).
+    perturbation: ζ, e.g. `past_gradient()`, `past_gradient("trust_ratio",
+      weight_decay=λ, weight_decay_mask=mask)`, `filterwise_noise(seed)`,
+      `smoothout_noise(seed)`, `gradient_noise()`. A source that reads λ or
+      the mask must be given the same values as this optimizer
+      (`extrap_sgd(..., extrapolation_scaling="trust_ratio")` does so).
+    extrapolation_rate: γ̂ >= 0, a float or a schedule (paper: γ̂ ≈ c·γ/K for
+      the raw past gradient; see `extrap_sgd` for the LARS-scaled one).
     momentum: u in [0, 1).
     weight_decay: coupled L2 coefficient λ >= 0 (on y, never on ζ).
     weight_decay_mask: which tensors are decayed (default: ndim >= 2).
@@ -173,6 +177,7 @@ def extrap_sgd(
     weight_decay: float = 0.0,
     weight_decay_mask: MaskOrFn = None,
     trust_coefficient: float | None = None,
+    extrapolation_scaling: Literal["none", "trust_ratio"] = "none",
     axis_name: validation.AxisName | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """EXTRAP-SGD (Lin et al., ICML 2020, Algorithm 1).
@@ -180,7 +185,7 @@ def extrap_sgd(
   On worker k, with y_t the shared point and g^k_{t−1} the worker's previous
   local mini-batch gradient (g_{−1} = 0):
 
-      z^k = y_t − γ̂_t·g^k_{t−1}             # extrapolation from the past
+      z^k = y_t − γ̂_t·ζ^k,  ζ^k = g^k_{t−1}   # extrapolation from the past
       g^k = ∇f(z^k; local batch)              # computed by the caller at `params`
       ḡ   = pmean(g^k)                        # the only collective
       d   = ḡ + λ·y_t ;  buf = u·buf + d ;  y_{t+1} = y_t − γ_t·(d + u·buf)
@@ -190,22 +195,58 @@ def extrap_sgd(
   `axis_name=None` it is single-worker extrapolation from the past (Gidel et al.,
   2018) with Nesterov momentum.
 
+  The paper admits two readings of the extrapolation scale, selected by
+  `extrapolation_scaling`:
+
+  * "none" (default): ζ^k = g^k_{t−1}, the raw past gradient, with
+    γ̂_t = c·γ_t/K, c in {1, 2, 4}: §3.1 (past gradients let γ̂ "directly
+    take on the learning rate used for small mini-batch training") and Remark 4.5
+    (γ̂ ≈ γ/K, which the convergence analysis, γ̂ <= u²/(1−u)²·γ, covers). It
+    is the default because it is Algorithm 1 as printed and as analysed; it
+    needs no LARS. Rate: `extrapolation_rate_schedule(learning_rate,
+    num_workers=K, scale=c)`.
+  * "trust_ratio": ζ^k_j = ‖y_j‖·g^k_j / (‖g^k_j‖ + λ_j‖y_j‖ + 1e-8) per tensor j
+    (`past_gradient("trust_ratio")`, with this optimizer's λ and mask), so
+    that with γ̂ = c·γ̃/K the offset is a LARS step of the past gradient scaled
+    by c/K: App. C.1 tunes γ̂ "by scaling the γ̃/K" (γ̃ the trust coefficient)
+    with c in {1, 2, 4}. The natural rate is γ̂_t = c·(γ̃/K)·γ_t/γ_peak, which
+    follows the warm-up and decay of γ_t as the LARS step does. Unlike the
+    LARC step it is not clipped at γ_t. Meant for use with `trust_coefficient`
+    set (with LARS the raw extrapolation is not shrunk where the step is);
+    without it the formula is still defined and allowed.
+
   Args:
     learning_rate: γ, a float or an `optax.Schedule`.
-    extrapolation_rate: γ̂ >= 0, a float or a schedule. The paper sets γ̂ ≈ γ/K
-      (the learning rate of small-batch training) and tunes c in γ̂ = c·γ/K over
-      {1, 2, 4}: `extrapolation_rate_schedule(learning_rate, num_workers=K)`.
+    extrapolation_rate: γ̂ >= 0, a float or a schedule. For "none" the paper
+      sets γ̂ ≈ γ/K (the learning rate of small-batch training) and tunes c in
+      γ̂ = c·γ/K over {1, 2, 4}: `extrapolation_rate_schedule(learning_rate,
+      num_workers=K)`. For "trust_ratio", γ̂ = c·γ̃/K (times γ_t/γ_peak to
+      follow the schedule).
     momentum: u in [0, 1) (paper: 0.9).
     weight_decay: coupled L2 coefficient λ >= 0 (paper: 1e-4 for ResNet-20).
-    weight_decay_mask: which tensors are decayed (default: ndim >= 2).
+    weight_decay_mask: which tensors are decayed (default: ndim >= 2); with
+      "trust_ratio" also where λ_j = λ in ζ.
     trust_coefficient: LARS (apex LARC) trust coefficient γ̃, or `None` for none.
+    extrapolation_scaling: "none" (raw past gradient, §3.1) or "trust_ratio"
+      (LARS-scaled past gradient, App. C.1); see above.
     axis_name: the worker axis name(s), or `None` for one worker.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
+
+  Raises:
+    ValueError: for an `extrapolation_scaling` other than "none" or
+      "trust_ratio", or a bad hyperparameter (named).
   """
+  if extrapolation_scaling not in perturbations.PAST_GRADIENT_SCALINGS:
+    raise ValueError(
+        "`extrapolation_scaling` must be one of "
+        f"{perturbations.PAST_GRADIENT_SCALINGS}, got {extrapolation_scaling!r}.")
+  perturbation = perturbations.past_gradient(
+      extrapolation_scaling, weight_decay=weight_decay,
+      weight_decay_mask=_checked_mask("weight_decay_mask", weight_decay_mask))
   return extrapolated_sgd(
-      learning_rate, perturbation=perturbations.past_gradient(),
+      learning_rate, perturbation=perturbation,
       extrapolation_rate=extrapolation_rate, momentum=momentum,
       weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
       trust_coefficient=trust_coefficient, axis_name=axis_name)

@@ -346,6 +346,225 @@ def test_jpeg_subset_missing_and_corrupt(tmp_path, monkeypatch):
     cifar.load_cifar10_jpeg_subset(tmp_path)
 
 
+def _encode_jpegs(images: np.ndarray, quality: int = 95) -> list[bytes]:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  files = []
+  for image in images:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    files.append(buffer.getvalue())
+  return files
+
+
+def _pil_decode(files: list[bytes]) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("RGB"))
+                   for f in files])
+
+
+def _concatenate(files: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+  offsets = np.concatenate([[0], np.cumsum([len(f) for f in files])])
+  return np.frombuffer(b"".join(files), np.uint8), offsets.astype(np.int64)
+
+
+def test_decode_jpeg_arrays_matches_pillow_and_checks_offsets():
+  files = _encode_jpegs(_random_images(5, seed=3))
+  jpeg, offsets = _concatenate(files)
+  decoded = cifar.decode_jpeg_arrays(jpeg, offsets)
+  assert decoded.dtype == np.uint8 and decoded.shape == (5, 32, 32, 3)
+  np.testing.assert_array_equal(decoded, _pil_decode(files))
+  with pytest.raises(ValueError, match="must run from 0 to .* length"):
+    cifar.decode_jpeg_arrays(jpeg[:-1], offsets)
+  bad = offsets.copy()
+  bad[2] = bad[3]
+  with pytest.raises(ValueError, match="strictly increasing.*file 2"):
+    cifar.decode_jpeg_arrays(jpeg, bad)
+  with pytest.raises(ValueError, match="file 1 .* not a readable JPEG"):
+    cifar.decode_jpeg_arrays(*_concatenate([files[0], b"not a jpeg"]))
+  small = _encode_jpegs(np.zeros((1, 16, 16, 3), np.uint8))
+  with pytest.raises(ValueError, match=r"file 0 decodes to shape \(16, 16"):
+    cifar.decode_jpeg_arrays(*_concatenate(small))
+  with pytest.raises(ValueError, match="1-D uint8"):
+    cifar.decode_jpeg_arrays(jpeg.astype(np.int64), offsets)
+
+
+def _write_fake_jpeg_full(path: pathlib.Path, per_class: dict[str, int],
+                          seed: int = 0) -> dict[str, np.ndarray]:
+  """A small cifar10_jpeg_full.npz; returns the images Pillow decodes."""
+  arrays, expected = {}, {}
+  for i, (split, count) in enumerate(per_class.items()):
+    labels = np.repeat(np.arange(10), count)
+    files = _encode_jpegs(_random_images(len(labels), seed=seed + i))
+    arrays[f"{split}_jpeg"], arrays[f"{split}_offsets"] = _concatenate(files)
+    arrays[f"{split}_labels"] = labels.astype(np.int64)
+    expected[f"{split}_images"] = _pil_decode(files)
+    expected[f"{split}_labels"] = labels
+  path.parent.mkdir(parents=True, exist_ok=True)
+  np.savez_compressed(path, class_names=np.array(cifar.CIFAR10_CLASS_NAMES),
+                      **arrays)
+  return expected
+
+
+def test_jpeg_full_missing_and_wrong_checksum(tmp_path, monkeypatch):
+  monkeypatch.delenv(common.DATA_DIR_ENV, raising=False)
+  with pytest.raises(common.MissingDataError, match=common.DATA_DIR_ENV):
+    cifar.load_cifar10_jpeg_full(cache_dir=tmp_path / "cache")
+  (tmp_path / "cifar10-jpeg").mkdir()
+  with pytest.raises(common.MissingDataError,
+                     match="missing cifar10_jpeg_full.npz"):
+    cifar.load_cifar10_jpeg_full(tmp_path, cache_dir=tmp_path / "cache")
+  path = tmp_path / "cifar10-jpeg" / "cifar10_jpeg_full.npz"
+  _write_fake_jpeg_full(path, {"train": 1, "test": 1})
+  actual = hashlib.sha256(path.read_bytes()).hexdigest()
+  assert cifar.file_sha256(path, chunk_size=1000) == actual
+  with pytest.raises(common.ChecksumError) as error:
+    cifar.load_cifar10_jpeg_full(tmp_path, cache_dir=tmp_path / "cache")
+  message = str(error.value)
+  assert str(path) in message
+  assert f"expected {cifar.JPEG_FULL_SHA256}" in message
+  assert f"actual {actual}" in message
+  assert "replace it with the original" in message
+  assert not (tmp_path / "cache").exists()
+
+
+def test_jpeg_full_decodes_checks_and_caches(tmp_path, monkeypatch):
+  # A small stand-in for the real file: 2 train and 1 test image per class.
+  path = tmp_path / "data" / "cifar10-jpeg" / "cifar10_jpeg_full.npz"
+  expected = _write_fake_jpeg_full(path, {"train": 2, "test": 1})
+  monkeypatch.setattr(cifar, "JPEG_FULL_SIZES", {"train": 20, "test": 10})
+  monkeypatch.setattr(cifar, "JPEG_FULL_SHA256", cifar.file_sha256(path))
+  cache_dir = tmp_path / "cache"
+  data = cifar.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
+  for key, value in expected.items():
+    got = getattr(data, key)
+    assert got.dtype == (np.uint8 if key.endswith("images") else np.int32)
+    np.testing.assert_array_equal(got, value)
+  assert (data.num_classes, data.mean, data.std) == (10, *cifar.STATS[
+      "cifar10"])
+  # The cache is named by the source's sha256 and has no leftover temp file.
+  cached = list(cache_dir.iterdir())
+  assert [c.name for c in cached] == [
+      f"cifar10_jpeg_full-{cifar.JPEG_FULL_SHA256}-decoded-v1.npz"]
+
+  # The second load reads the cache and does not decode.
+  real_decode = cifar._decode_jpeg_full
+  def no_decode(_):
+    raise AssertionError("decoded although the cache is valid")
+  monkeypatch.setattr(cifar, "_decode_jpeg_full", no_decode)
+  again = cifar.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
+  for key, value in expected.items():
+    np.testing.assert_array_equal(getattr(again, key), value)
+
+  # An unreadable or invalid cache is decoded again and rewritten.
+  decodes = []
+  def counting_decode(p):
+    decodes.append(p)
+    return real_decode(p)
+  monkeypatch.setattr(cifar, "_decode_jpeg_full", counting_decode)
+  cached[0].write_bytes(b"garbage")
+  again = cifar.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
+  np.testing.assert_array_equal(again.train_images, expected["train_images"])
+  with np.load(cached[0]) as npz:
+    arrays = dict(npz)
+  np.savez(cached[0], **{**arrays, "test_images": arrays["test_images"][:5]})
+  again = cifar.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
+  np.testing.assert_array_equal(again.test_images, expected["test_images"])
+  assert len(decodes) == 2
+  assert cifar.load_cifar10_jpeg_full(tmp_path / "data",
+                                      cache_dir=cache_dir) is not None
+  assert len(decodes) == 2
+
+  # Another source file (another sha256) never reuses the old cache.
+  expected = _write_fake_jpeg_full(path, {"train": 2, "test": 1}, seed=10)
+  monkeypatch.setattr(cifar, "JPEG_FULL_SHA256", cifar.file_sha256(path))
+  again = cifar.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
+  np.testing.assert_array_equal(again.train_images, expected["train_images"])
+  assert len(decodes) == 3 and len(list(cache_dir.iterdir())) == 2
+
+  # A cache directory that cannot be created only means no caching.
+  (tmp_path / "a_file").write_text("")
+  again = cifar.load_cifar10_jpeg_full(tmp_path / "data",
+                                       cache_dir=tmp_path / "a_file" / "c")
+  np.testing.assert_array_equal(again.test_images, expected["test_images"])
+
+  # The default cache directory follows $XDG_CACHE_HOME.
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert cifar.default_cache_dir() == tmp_path / "xdg" / "extrap_optax"
+  cifar.load_cifar10_jpeg_full(tmp_path / "data")
+  assert len(list((tmp_path / "xdg" / "extrap_optax").iterdir())) == 1
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda a: a.update(train_offsets=a["train_offsets"][:-1]),
+     r"train split\): expected 21 offsets"),
+    (lambda a: a.update(test_offsets=a["test_offsets"] + 1),
+     r"test split\): the offsets run from 1"),
+    (lambda a: a.update(train_labels=np.sort(a["train_labels"] % 3)),
+     "expected 2 labels per class"),
+    (lambda a: a.update(test_labels=a["test_labels"] + 5),
+     r"labels must lie in \[0, 10\)"),
+    (lambda a: a.pop("test_jpeg"), "lacks the arrays test_jpeg"),
+    (lambda a: a.update(class_names=a["class_names"][::-1]),
+     "not the CIFAR-10 classes"),
+])
+def test_jpeg_full_rejects_inconsistent_arrays(tmp_path, monkeypatch, change,
+                                                match):
+  path = tmp_path / "cifar10-jpeg" / "cifar10_jpeg_full.npz"
+  _write_fake_jpeg_full(path, {"train": 2, "test": 1})
+  with np.load(path) as npz:
+    arrays = dict(npz)
+  change(arrays)
+  np.savez_compressed(path, **arrays)
+  monkeypatch.setattr(cifar, "JPEG_FULL_SIZES", {"train": 20, "test": 10})
+  monkeypatch.setattr(cifar, "JPEG_FULL_SHA256", cifar.file_sha256(path))
+  with pytest.raises(ValueError, match=match):
+    cifar.load_cifar10_jpeg_full(tmp_path, cache_dir=tmp_path / "cache")
+  assert not (tmp_path / "cache").exists()
+
+
+def test_classification_picks_full_or_subset_jpeg(tmp_path, monkeypatch):
+  from experiments import tasks  # pylint: disable=g-import-not-at-top
+  from experiments.configs import base  # pylint: disable=g-import-not-at-top
+  calls = []
+  for name in ("load_cifar10_jpeg_full", "load_cifar10_jpeg_subset",
+               "load_cifar_tfds"):
+    monkeypatch.setattr(cifar, name,
+                        lambda *a, _name=name, **k: calls.append(_name))
+  config = base.get_config()
+  config.data.data_dir = str(tmp_path)
+
+  def picked(source, dataset="cifar10"):
+    config.data.source, config.data.dataset = source, dataset
+    calls.clear()
+    tasks.Classification._load(config)
+    resolved = tasks.Classification._resolve_source(config)
+    assert resolved in tasks._CIFAR_SOURCE_NAMES
+    return calls[0].removeprefix("load_").removeprefix("cifar10_"), resolved
+
+  assert picked("auto") == ("cifar_tfds", "tfds")
+  jpeg_dir = tmp_path / "cifar10-jpeg"
+  jpeg_dir.mkdir()
+  (jpeg_dir / "cifar10_jpeg_subset.npz").write_bytes(b"")
+  for source in ("auto", "jpeg", "local", "jpeg_subset"):
+    assert picked(source) == ("jpeg_subset", "jpeg_subset"), source
+  assert picked("jpeg_full") == ("jpeg_full", "jpeg_full")
+  (jpeg_dir / "cifar10_jpeg_full.npz").write_bytes(b"")
+  for source in ("auto", "jpeg", "local", "jpeg_full"):
+    assert picked(source) == ("jpeg_full", "jpeg_full"), source
+  assert picked("jpeg_subset") == ("jpeg_subset", "jpeg_subset")
+  assert picked("tfds") == ("cifar_tfds", "tfds")
+  assert picked("auto", "cifar100") == ("cifar_tfds", "tfds")
+  for source in ("jpeg_full", "jpeg_subset", "jpeg"):
+    with pytest.raises(ValueError, match="only has CIFAR-10"):
+      picked(source, "cifar100")
+  with pytest.raises(ValueError, match="Unknown data.source 'jpg'"):
+    picked("jpg")
+  assert tasks._CIFAR_SOURCE_NAMES["jpeg_full"] == (
+      "cifar10_jpeg_full (JPEG quality 75)")
+  assert set(base.DATA_SOURCES) - {"auto", "jpeg", "local"} == set(
+      tasks._CIFAR_SOURCE_NAMES)
+
+
 # ------------------------------------------------------------ WikiText-2
 
 _WIKI_TEXT = {

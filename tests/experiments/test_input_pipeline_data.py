@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from experiments import tasks
 from experiments.input_pipeline import cifar
 from experiments.input_pipeline import multi30k
 from experiments.input_pipeline import wikitext2
@@ -85,3 +86,38 @@ def test_cifar10_jpeg_subset(data_dir):
   # 0.262 here), so normalised pixels have std pixel_std / paper_std.
   np.testing.assert_allclose(
       std, np.array([0.2460, 0.2441, 0.2616]) / np.array(data.std), atol=0.02)
+
+
+def test_cifar10_jpeg_full_and_subset_prefix(data_dir, tmp_path):
+  cache_dir = tmp_path / "cache"
+  data = cifar.load_cifar10_jpeg_full(data_dir, cache_dir=cache_dir)
+  assert data.train_images.shape == (50_000, 32, 32, 3)
+  assert data.test_images.shape == (10_000, 32, 32, 3)
+  assert data.train_images.dtype == data.test_images.dtype == np.uint8
+  assert data.train_labels.dtype == data.test_labels.dtype == np.int32
+  assert data.train_labels.shape == (50_000,)
+  assert data.test_labels.shape == (10_000,)
+  np.testing.assert_array_equal(np.bincount(data.train_labels), [5_000] * 10)
+  np.testing.assert_array_equal(np.bincount(data.test_labels), [1_000] * 10)
+  assert (data.num_classes, data.mean, data.std) == (10, *cifar.STATS[
+      "cifar10"])
+  assert len(list(cache_dir.glob(
+      f"*{cifar.JPEG_FULL_SHA256}*.npz"))) == 1
+  # The subset is the first 1,000 train images of each class, in order, and
+  # the same test set.
+  subset = cifar.load_cifar10_jpeg_subset(data_dir)
+  for c in range(10):
+    np.testing.assert_array_equal(
+        data.train_images[data.train_labels == c][:1_000],
+        subset.train_images[subset.train_labels == c])
+  np.testing.assert_array_equal(data.test_images, subset.test_images)
+  np.testing.assert_array_equal(data.test_labels, subset.test_labels)
+  # The small presets' 10,000-image prefix of the full set is the subset.
+  images, labels = tasks.class_balanced_prefix(data.train_images,
+                                               data.train_labels, 10_000)
+  np.testing.assert_array_equal(images, subset.train_images)
+  np.testing.assert_array_equal(labels, subset.train_labels)
+  # The second load comes from the cache and equals the first.
+  again = cifar.load_cifar10_jpeg_full(data_dir, cache_dir=cache_dir)
+  for field in ("train_images", "train_labels", "test_images", "test_labels"):
+    np.testing.assert_array_equal(getattr(again, field), getattr(data, field))

@@ -96,7 +96,7 @@ def test_toy_run_trains(name, tmp_path):
   summary = train.Trainer(config, tmp_path).train()
   assert summary["status"] == "completed"
   assert summary["steps"] == config.num_steps
-  assert math.isfinite(summary["final_train_loss"])
+  assert math.isfinite(summary["final_online_train_loss"])
   assert math.isfinite(summary[f"final_{summary['main_metric']}"])
   for artifact in ("config.json", "metrics.jsonl", "summary.json",
                    "curves.png", "tb"):

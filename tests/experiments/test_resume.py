@@ -41,10 +41,10 @@ def test_resumed_run_matches_uninterrupted_run(preset, run, tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(
       np.asarray(a), np.asarray(b)), resumed_state, expected_state)
   steps = [r["step"] for r in report.read_metrics(tmp_path / "resumed")
-           if "train_loss" in r]
+           if "online_train_loss" in r]
   assert steps == [1, 2, 3, 4]
-  full = [r["train_loss"] for r in report.read_metrics(tmp_path / "full")
-          if "train_loss" in r]
-  again = [r["train_loss"] for r in report.read_metrics(tmp_path / "resumed")
-           if "train_loss" in r]
+  full = [r["online_train_loss"] for r in report.read_metrics(tmp_path / "full")
+          if "online_train_loss" in r]
+  again = [r["online_train_loss"] for r in report.read_metrics(tmp_path / "resumed")
+           if "online_train_loss" in r]
   assert full == again

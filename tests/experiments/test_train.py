@@ -9,8 +9,10 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import extrap_optax
 from experiments import checkpointing
 from experiments import configs
 from experiments import main
@@ -28,11 +30,15 @@ def test_main_command_runs_fig1_and_compares(tmp_path, capsys):
   assert "| extrap_sgd | 1 | completed | 2 |" in out
   root = tmp_path / "fig1-toy"
   assert (root / "comparison.md").read_text() in out
+  # Compared at the shared point y, against mini-batch SGD's final loss.
+  assert "compared by the shared-point training loss" in out
+  assert "mini-batch SGD's final loss" in out
+  assert (root / "comparison.png").exists()
   run = root / "extrap_sgd" / "seed0"
   records = report.read_metrics(run)
-  assert [r["step"] for r in records if "train_loss" in r] == [1, 2]
+  assert [r["step"] for r in records if "online_train_loss" in r] == [1, 2]
   # fig1 toy probes the smoothness every step; evaluation at the end.
-  assert all(r["smoothness"] > 0 for r in records if "train_loss" in r)
+  assert all(r["smoothness"] > 0 for r in records if "online_train_loss" in r)
   assert "test_accuracy" in records[-1]
   config = json.loads((run / "config.json").read_text())
   assert config["optimizer"]["method"] == "extrap_sgd"
@@ -76,13 +82,26 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_steps_to_reach_uses_the_smoothed_loss():
-  records = [{"step": s, "epoch": s / 2, "train_loss": loss}
+  records = [{"step": s, "epoch": s / 2, "online_train_loss": loss}
              for s, loss in enumerate([4.0, 2.0, 3.0, 1.0, 1.0, 1.0], 1)]
   steps, _, smoothed = report.smoothed_train_loss(records)
   np.testing.assert_allclose(smoothed, [4.0, 3.0, 2.5, 2.0, 1.0, 1.0])
   assert report.steps_to_reach(records, 2.0) == 4
   assert math.isnan(report.steps_to_reach(records, 0.5))
   assert list(steps) == [1, 2, 3, 4, 5, 6]
+
+
+def test_training_subset_is_the_first_examples_of_each_class():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, 40)
+  images = np.arange(40)[:, None]
+  kept_images, kept_labels = tasks.class_balanced_prefix(images, labels, 10)
+  # 10 = 4 + 3 + 3: the first class gets the remainder.
+  expected = np.sort(np.concatenate(
+      [np.nonzero(labels == c)[0][:n] for c, n in enumerate((4, 3, 3))]))
+  np.testing.assert_array_equal(kept_images[:, 0], expected)
+  np.testing.assert_array_equal(kept_labels, labels[expected])
+  assert tasks.class_balanced_prefix(images, labels, 0)[1] is labels
 
 
 def test_evaluation_subset_of_class_sorted_data_covers_every_class():
@@ -110,3 +129,90 @@ def test_cli_gives_each_worker_a_cpu_device():
   out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
                        capture_output=True, text=True).stdout
   assert out.split()[-1] == "5"
+
+
+def _numpy_cross_entropy(logits, labels):
+  logits = np.asarray(logits, np.float64)
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  return -log_probs[np.arange(len(labels)), labels]
+
+
+def test_shared_point_training_loss_is_measured_at_y(tmp_path):
+  """The recorded y-loss: the shared point, averaged BN, eval mode, no augmentation."""
+  config = configs.get_preset("fig1", "toy").runs["extrap_sgd"]
+  config.probe_every_steps = 0
+  config.num_steps = 3
+  config.data.train_eval_size = 48
+  config.train_eval_every_steps = 2
+  trainer = train.Trainer(config, tmp_path)
+  trainer.train()
+  records = report.read_metrics(tmp_path)
+  measured = [r for r in records if "shared_point_train_loss" in r]
+  assert [r["step"] for r in measured] == [2, 3]
+  assert all("online_train_loss" not in r for r in measured)
+
+  state = trainer.state
+  stacked_y = state["opt_state"].shared_params   # (K, ...) per worker
+  params = jax.tree.map(lambda x: np.asarray(x)[0], stacked_y)
+  # y is the same on every worker, and differs from the points z they hold.
+  jax.tree.map(lambda x: np.testing.assert_array_equal(
+      np.asarray(x), np.broadcast_to(np.asarray(x)[0], x.shape)), stacked_y)
+  assert any(not np.array_equal(np.asarray(z)[0], y) for z, y in zip(
+      jax.tree.leaves(state["params"]), jax.tree.leaves(params)))
+  batch_stats = jax.tree.map(lambda x: np.asarray(x).mean(0),
+                             state["model_state"])
+  task = trainer.task
+  images = (task.train_eval_images / 255.0 - np.asarray(task.mean)) / np.asarray(
+      task.std)
+  logits = task.model.apply({"params": params, **batch_stats},
+                            images.astype(np.float32), train=False)
+  losses = _numpy_cross_entropy(logits, task.train_eval_labels)
+  np.testing.assert_allclose(measured[-1]["shared_point_train_loss"],
+                             losses.mean(), rtol=2e-5)
+  np.testing.assert_allclose(
+      measured[-1]["shared_point_train_accuracy"],
+      np.mean(np.argmax(logits, -1) == task.train_eval_labels))
+  # A fixed subset of the training set, the same for every seed.
+  assert len(task.train_eval_labels) == 48
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["final_shared_point_train_loss"] == measured[-1][
+      "shared_point_train_loss"]
+
+  # The extrapolation ratio ‖z − y‖/‖Δy‖ is recorded at every step.
+  ratios = [r["step"] for r in records if "extrapolation_ratio_max" in r]
+  assert ratios == [1, 2, 3]
+
+
+def test_extrapolation_ratios_per_tensor_against_numpy():
+  rng = np.random.default_rng(0)
+  y0 = {"a": rng.normal(size=(3, 4)), "b": rng.normal(size=(5,)),
+        "c": np.zeros((2, 2))}
+  y0 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), y0)
+  tx = extrap_optax.extrap_sgd(0.1, extrapolation_rate=0.05, momentum=0.0)
+  state = tx.init(y0)
+  params = y0
+  for _ in range(2):
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape),
+                                               jnp.float32), params)
+    grads["c"] = jnp.zeros((2, 2))          # a tensor that does not move
+    updates, next_state = tx.update(grads, state, params)
+    next_params = optax.apply_updates(params, updates)
+    ratios = train.extrapolation_ratios(params, state, next_params,
+                                        next_state)
+    y, y_next = state.shared_params, next_state.shared_params
+    expected = [np.linalg.norm(np.asarray(next_params[k]) - y_next[k])
+                / np.linalg.norm(np.asarray(y_next[k]) - y[k])
+                for k in ("a", "b")]
+    np.testing.assert_allclose(ratios["extrapolation_ratio_median"],
+                               np.median(expected), rtol=1e-5)
+    np.testing.assert_allclose(ratios["extrapolation_ratio_max"],
+                               np.max(expected), rtol=1e-5)
+    params, state = next_params, next_state
+
+
+def test_train_eval_size_needs_a_task_that_has_it(tmp_path):
+  config = configs.get_preset("fig2", "toy").runs["extrap_sgd_k4"]
+  config.data.train_eval_size = 10
+  with pytest.raises(ValueError, match="data.train_eval_size"):
+    train.Trainer(config, tmp_path)

@@ -1,0 +1,168 @@
+"""The study command: the paper's tuning protocol, resumable exactly."""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from experiments import main
+from experiments import report
+from experiments import study as study_lib
+from experiments.configs import studies
+
+# Written per run but not results: they depend on the machine and the clock.
+TIMING_KEYS = ("throughput",)
+SUMMARY_TIMING_KEYS = ("wall_seconds", "first_step_seconds", "finished_at")
+
+
+def _fake_trainer(loss_of):
+  """A train_fn whose final loss is `loss_of(config)`; records the calls."""
+  calls = []
+
+  def train_fn(config, directory, stop_at_step):
+    calls.append((config.name, config.optimizer.base_learning_rate,
+                  config.optimizer.extrapolation_scale, config.seed))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(config.to_json())
+    loss = loss_of(config)
+    records = [{"step": s, "epoch": s / 2.0,
+                "shared_point_train_loss": loss + 1.0 / s}
+               for s in range(1, 5)]
+    (directory / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in records))
+    summary = {"name": config.name, "seed": config.seed, "steps": 4,
+               "status": "completed", "final_test_accuracy": 0.5}
+    (directory / "summary.json").write_text(json.dumps(summary))
+    return summary
+
+  return train_fn, calls
+
+
+def test_grids_are_extended_until_the_best_value_is_inside(tmp_path):
+  study = studies.toy()
+  study = dataclasses.replace(study, max_extensions=3)
+  # Mini-batch SGD is best at γ0 = 0.05; EXTRAP-SGD at c = 8, beyond the
+  # initial grid (1, 2): the grid must grow to 4 and 8 and then 16.
+  def loss_of(config):
+    if config.optimizer.method == "minibatch_sgd":
+      return abs(config.optimizer.base_learning_rate - 0.05)
+    return abs(math.log2(config.optimizer.extrapolation_scale) - 3)
+
+  train_fn, calls = _fake_trainer(loss_of)
+  runner = study_lib.StudyRunner(study, tmp_path, train_fn=train_fn,
+                                 log=lambda _: None)
+  choices = runner.execute()
+  assert choices["baseline"] == 0.05
+  assert choices["variants"] == {"extrap_sgd": 8.0}
+  tuned = [c[2] for c in calls if c[0] == "extrap_sgd" and c[3] == 0]
+  assert tuned == [1.0, 2.0, 4.0, 8.0, 16.0]
+  # Every variant reuses the baseline's best rate.
+  assert {c[1] for c in calls if c[0] == "extrap_sgd"} == {0.05}
+  # The other seeds of each best setting.
+  assert sorted(c for c in calls if c[3] == 1) == [
+      ("extrap_sgd", 0.05, 8.0, 1), ("minibatch_sgd", 0.05, 1.0, 1)]
+
+  # Completed runs are never trained again.
+  again, calls_again = _fake_trainer(loss_of)
+  assert study_lib.StudyRunner(study, tmp_path, train_fn=again,
+                               log=lambda _: None).execute() == choices
+  assert not calls_again
+
+
+def test_grid_extension_is_bounded(tmp_path):
+  study = dataclasses.replace(studies.toy(), max_extensions=1)
+  train_fn, calls = _fake_trainer(
+      lambda c: -c.optimizer.extrapolation_scale)   # bigger is always better
+  choices = study_lib.StudyRunner(study, tmp_path, train_fn=train_fn,
+                                  log=lambda _: None).execute()
+  assert choices["variants"] == {"extrap_sgd": 4.0}
+  assert [c[2] for c in calls if c[0] == "extrap_sgd" and c[3] == 0] == [
+      1.0, 2.0, 4.0]
+
+
+def test_dry_run_lists_the_next_runs_and_trains_nothing(tmp_path, capsys):
+  assert main.main(["study", "--study", "toy", "--runs-dir", str(tmp_path),
+                    "--dry-run"]) == 0
+  out = capsys.readouterr().out
+  assert "minibatch_sgd base_learning_rate=0.05" in out
+  assert "2 runs next" in out
+  assert not (tmp_path / "study-toy").exists()
+
+
+def _results(root):
+  """Every run's records and summary, without what depends on the clock."""
+  results = {}
+  for run in report.load_runs(root):
+    if "report" in run["dir"].parts:
+      continue
+    name = str(run["dir"].relative_to(root))
+    records = [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+               for r in run["metrics"]]
+    summary = {k: v for k, v in run["summary"].items()
+               if k not in SUMMARY_TIMING_KEYS}
+    results[name] = (records, summary)
+  return results
+
+
+@pytest.mark.slow
+def test_stopped_and_restarted_study_matches_uninterrupted(tmp_path):
+  study = dataclasses.replace(
+      studies.toy(), baseline_grid=(0.05, 0.1), max_extensions=0)
+  study.base.num_steps = 3
+  study.base.checkpoint_every_steps = 2
+  full_root, resumed_root = tmp_path / "full", tmp_path / "resumed"
+  choices = study_lib.StudyRunner(study, full_root,
+                                  log=lambda _: None).execute()
+  assert choices["baseline"] in (0.05, 0.1)
+  # Stopped every 2 steps: inside runs (after a checkpoint step and after a
+  # step without one) and between runs, as a killed job would be.
+  invocations = 0
+  while True:
+    invocations += 1
+    runner = study_lib.StudyRunner(study, resumed_root, max_steps=2,
+                                   log=lambda _: None)
+    try:
+      resumed_choices = runner.execute()
+      break
+    except study_lib.BudgetExhausted:
+      assert invocations < 50
+  assert invocations > 3
+  assert resumed_choices == choices
+  expected, actual = _results(full_root), _results(resumed_root)
+  assert sorted(actual) == sorted(expected)
+  for name in expected:
+    assert actual[name] == expected[name], name
+  # The report of both is the same too.
+  text = study_lib.write_report(study, full_root, tmp_path / "report_full")
+  assert "Stage 3" in text and "| mini-batch SGD | 2 |" in text
+  assert (tmp_path / "report_full" / "toy.png").exists()
+  copied = list((tmp_path / "report_full" / "runs").rglob("metrics.jsonl"))
+  assert len(copied) == len(expected)
+  assert not list((tmp_path / "report_full").rglob("checkpoints"))
+
+
+def test_first_crossing_interpolates_and_final_value_averages():
+  records = [{"step": 10, "loss": 3.0}, {"step": 20, "loss": 2.0},
+             {"step": 25}, {"step": 30, "loss": 1.0}, {"step": 40, "loss": 0.5}]
+  assert report.first_crossing(records, "loss", 1.5) == 25.0
+  assert report.first_crossing(records, "loss", 3.0) == 10.0
+  assert math.isnan(report.first_crossing(records, "loss", 0.1))
+  # On the trailing mean of 2: 3, 2.5, 1.5, 0.75 at steps 10, 20, 30, 40.
+  assert report.first_crossing(records, "loss", 2.0, window=2) == 25.0
+  assert report.first_crossing(records, "loss", 0.75, window=2) == 40.0
+  np.testing.assert_allclose(report.final_value(records, "loss", 2), 0.75)
+  assert math.isnan(report.final_value(records, "other", 2))
+
+
+def test_a_changed_study_definition_is_refused(tmp_path):
+  study = studies.toy()
+  train_fn, _ = _fake_trainer(lambda c: 1.0)
+  study_lib.StudyRunner(study, tmp_path, train_fn=train_fn,
+                        log=lambda _: None).execute()
+  changed = studies.toy()
+  changed.base.workers.local_batch_size = 3
+  with pytest.raises(ValueError, match="workers.local_batch_size"):
+    study_lib.StudyRunner(changed, tmp_path, train_fn=train_fn,
+                          log=lambda _: None).execute()

@@ -6,6 +6,8 @@
         --set optimizer.base_learning_rate=0.15 --set workers.num_workers=4
     python -m experiments.main sweep --preset table1 --scale small --dry-run
     python -m experiments.main report --runs runs/
+    python -m experiments.main study --study fig1_cpu
+    python -m experiments.main rerun runs/fig1-small/extrap_sgd/seed0/config.json --run-dir /tmp/again
     python -m experiments.main list
 
 Overrides: `--set dotted.key=value` (repeatable), or equivalently
@@ -33,7 +35,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("run", "sweep", "study", "report", "list")
+COMMANDS = ("run", "sweep", "study", "rerun", "report", "list")
 
 
 def parse_value(text: str):
@@ -122,6 +124,13 @@ def _parser() -> argparse.ArgumentParser:
                           "command again to continue")
   study.add_argument("--dry-run", action="store_true",
                      help="list the runs the current results call for")
+  rerun = commands.add_parser(
+      "rerun", help="train one run again from its saved config.json")
+  rerun.add_argument("config", type=pathlib.Path,
+                     help="a run's config.json (e.g. from results/)")
+  rerun.add_argument("--run-dir", required=True, type=pathlib.Path,
+                     help="where the new run goes (resumed if it has "
+                          "checkpoints)")
   report = commands.add_parser("report", help="tables and figures of runs")
   report.add_argument("--runs", required=True, type=pathlib.Path)
   report.add_argument("--out", default=None, type=pathlib.Path,
@@ -256,6 +265,21 @@ def run_command(args) -> int:
   return 1 if failures else 0
 
 
+def rerun_command(args) -> int:
+  """Trains the run that `args.config` describes, in `args.run_dir`."""
+  import ml_collections
+
+  if not args.config.is_file():
+    raise SystemExit(f"No such config file: {args.config}.")
+  config = ml_collections.ConfigDict(json.loads(args.config.read_text()))
+  _request_cpu_devices(config.workers.num_workers, 1)
+  from experiments import train
+
+  summary = train.Trainer(config, args.run_dir).train()
+  print(json.dumps(summary, indent=2))
+  return 0 if summary["status"] == "completed" else 1
+
+
 def study_command(args) -> int:
   """Runs (or continues) a study, then writes its report."""
   from experiments.configs import studies
@@ -307,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   if args.command == "study":
     return study_command(args)
+  if args.command == "rerun":
+    return rerun_command(args)
   return run_command(args)
 
 

@@ -20,9 +20,11 @@ newest checkpoint is the last good one.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import pathlib
+import subprocess
 import time
 from typing import Any
 
@@ -37,12 +39,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import extrap_optax
 from experiments import checkpointing
+from experiments import random_streams
 from experiments.configs import base as config_base
 from experiments import report
 from experiments import tasks
 
-# fold_in tags separating the random streams of one seed.
-_INIT_STREAM, _STEP_STREAM = 0, 1
 
 
 class NonFiniteLossError(RuntimeError):
@@ -158,7 +159,7 @@ def make_optimizer(config: ml_collections.ConfigDict,
   if method == "noise_extrap_sgd":
     return extrap_optax.noise_extrap_sgd(
         learning_rate, extrapolation_rate=extrapolation_rate, noise=opt.noise,
-        seed=config.seed, **sgd_args)
+        seed=random_streams.stream_seed(config.seed, "noise"), **sgd_args)
   if method in ("post_local_sgd", "post_local_extrap_sgd"):
     return extrap_optax.post_local_sgd(
         learning_rate,
@@ -286,13 +287,14 @@ class Trainer:
     self.tx = make_optimizer(config, self.learning_rate, self.steps_per_epoch,
                              self.num_steps, axis_name)
     self.extrapolates = _has_extrapolation_state(self.tx)
+    code_version()
     if config.data.train_eval_size > 0 and not hasattr(self.task,
                                                        "evaluate_train"):
       raise ValueError(
           f"data.train_eval_size={config.data.train_eval_size}, but task "
           f"{config.task!r} has no training-subset evaluation; set "
           "data.train_eval_size=0.")
-    self.base_key = jax.random.key(config.seed)
+    self.dropout_key = random_streams.stream_key(config.seed, "dropout")
     self._train_step = self.workers.map(
         self._step_fn, in_axes=(0, 0, None), donate_argnums=(0,))
     self._mean_gradient = self.workers.map(
@@ -312,9 +314,8 @@ class Trainer:
   # Per-worker step functions (run under `Workers.map`).
 
   def _loss_fn(self, model_state, batch, step):
-    rng = jax.random.fold_in(
-        jax.random.fold_in(jax.random.fold_in(self.base_key, _STEP_STREAM),
-                           step), extrap_optax.worker_index(self.axis_name))
+    rng = jax.random.fold_in(jax.random.fold_in(self.dropout_key, step),
+                             extrap_optax.worker_index(self.axis_name))
     return lambda p: self.task.loss(p, model_state, batch, rng, step)
 
   def _step_fn(self, state, batch, step):
@@ -374,7 +375,7 @@ class Trainer:
     """The stacked initial state: identical parameters on all K workers."""
     # Jitted: op-by-op initialisation of a ResNet is slow on CPU.
     params, model_state = jax.jit(self.task.init)(
-        jax.random.fold_in(self.base_key, _INIT_STREAM))
+        random_streams.stream_key(self.config.seed, "init"))
     params = self.workers.replicate(params)
     opt_state = self.workers.map(self.tx.init)(params)
     return {"params": params, "opt_state": opt_state,
@@ -575,6 +576,7 @@ class Trainer:
         "higher_is_better": self.task.higher_is_better,
         "wall_seconds": seconds, "first_step_seconds": first_step_seconds,
         "data_source": getattr(self.task, "data_source", ""),
+        "code_version": code_version(),
         "finished_at": datetime.datetime.now(
             datetime.timezone.utc).isoformat(timespec="seconds"),
         "final_online_train_loss": last_train.get("online_train_loss"),
@@ -583,6 +585,23 @@ class Trainer:
     if self.is_main_process:
       (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+@functools.cache
+def code_version() -> str:
+  """The git commit of this checkout (`-dirty` if modified), else the version.
+
+  Cached: the first call (the first `Trainer` of a process) names the code
+  the process loaded, even if the checkout changes while it runs.
+  """
+  root = pathlib.Path(__file__).resolve().parents[1]
+  try:
+    return subprocess.run(
+        ["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=root,
+        capture_output=True, text=True, check=True,
+        timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return f"extrap_optax {extrap_optax.__version__}"
 
 
 def _has_extrapolation_state(tx: optax.GradientTransformation) -> bool:

@@ -52,6 +52,7 @@ import numpy as np
 import requests
 import tensorflow_datasets as tfds
 
+from experiments import random_streams
 from experiments.input_pipeline import common
 
 IMAGE_SHAPE = (32, 32, 3)
@@ -97,8 +98,6 @@ _CACHE_VERSION = 1
 # Default manual directory (under $EXTRAP_OPTAX_DATA_DIR) for the archives.
 MANUAL_SUBDIR = "cifar-binary"
 
-# fold_in tags that separate the random streams derived from one seed.
-_PARTITION_STREAM, _SHUFFLE_STREAM, _AUGMENT_STREAM = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -681,7 +680,7 @@ def worker_partitions(num_examples: int, num_workers: int,
     raise ValueError(f"Cannot split {num_examples} examples among "
                      f"{num_workers} workers.")
   size = num_examples // num_workers
-  key = jax.random.fold_in(jax.random.key(seed), _PARTITION_STREAM)
+  key = random_streams.stream_key(seed, "partition")
   permutation = jax.random.permutation(key, num_examples)
   return np.asarray(permutation[:num_workers * size]).reshape(
       num_workers, size).astype(np.int32)
@@ -732,10 +731,12 @@ class DeviceCifar:
 
   Worker k draws from its own partition `worker_partitions(N, K, seed)[k]`.
   In epoch e it walks through that partition in the order of a permutation
-  keyed by (seed, e, k), B examples a step, for `steps_per_epoch =
+  keyed by `fold_in(fold_in(stream_key(seed, "shuffle"), e), k)`
+  (`experiments.random_streams`), B examples a step, for `steps_per_epoch =
   (N // K) // B` steps; the last `(N // K) mod B` examples of each epoch's
   order are skipped (different ones every epoch). Augmentation is keyed by
-  (seed, e, step in epoch, k). Everything is a function of the global step,
+  the "augment" stream folded with (e, step in epoch, k). Everything is a
+  function of the global step,
   so a resumed run reproduces its batches from the step number alone.
   """
 
@@ -784,7 +785,8 @@ class DeviceCifar:
     self._arrays = tuple(jax.device_put(a, replicated) for a in (
         np.asarray(train_images, np.uint8),
         np.asarray(train_labels, np.int32), partitions))
-    self._key = jax.random.key(seed)
+    self._keys = (random_streams.stream_key(seed, "shuffle"),
+                  random_streams.stream_key(seed, "augment"))
     self._static = dict(steps_per_epoch=self.steps_per_epoch,
                         local_batch=local_batch)
     self._batch_static = dict(self._static, mean=tuple(mean), std=tuple(std),
@@ -793,11 +795,11 @@ class DeviceCifar:
 
   def indices(self, step: int | jax.Array) -> jax.Array:
     """(K, B) training-set indices of the global step's batch."""
-    return _indices_jit(self._arrays[2], step, self._key, **self._static)
+    return _indices_jit(self._arrays[2], step, self._keys[0], **self._static)
 
   def batch(self, step: int | jax.Array) -> tuple[jax.Array, jax.Array]:
     """Images (K, B, 32, 32, 3) float32 and labels (K, B) int32."""
-    return _batch_jit(*self._arrays, step, self._key, **self._batch_static)
+    return _batch_jit(*self._arrays, step, *self._keys, **self._batch_static)
 
 
 def _epoch_and_index(step, steps_per_epoch):
@@ -807,10 +809,10 @@ def _epoch_and_index(step, steps_per_epoch):
 # Module-level jits with static configuration: pipelines with the same
 # shapes and settings share one compilation.
 @functools.partial(jax.jit, static_argnames=("steps_per_epoch", "local_batch"))
-def _indices_jit(partitions, step, base_key, *, steps_per_epoch, local_batch):
+def _indices_jit(partitions, step, shuffle_key, *, steps_per_epoch,
+                 local_batch):
   epoch, index = _epoch_and_index(step, steps_per_epoch)
-  epoch_key = jax.random.fold_in(
-      jax.random.fold_in(base_key, _SHUFFLE_STREAM), epoch)
+  epoch_key = jax.random.fold_in(shuffle_key, epoch)
 
   def worker(partition, k):
     order = jax.random.permutation(jax.random.fold_in(epoch_key, k),
@@ -825,16 +827,17 @@ def _indices_jit(partitions, step, base_key, *, steps_per_epoch, local_batch):
 @functools.partial(jax.jit, static_argnames=(
     "steps_per_epoch", "local_batch", "mean", "std", "augment_images",
     "sharding"))
-def _batch_jit(images, labels, partitions, step, base_key, *, steps_per_epoch,
-               local_batch, mean, std, augment_images, sharding):
-  indices = _indices_jit(partitions, step, base_key,
+def _batch_jit(images, labels, partitions, step, shuffle_key, augment_key, *,
+               steps_per_epoch, local_batch, mean, std, augment_images,
+               sharding):
+  indices = _indices_jit(partitions, step, shuffle_key,
                          steps_per_epoch=steps_per_epoch,
                          local_batch=local_batch)
   batch = images[indices]
   if augment_images:
     epoch, index = _epoch_and_index(step, steps_per_epoch)
-    step_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
-        base_key, _AUGMENT_STREAM), epoch), index)
+    step_key = jax.random.fold_in(jax.random.fold_in(augment_key, epoch),
+                                  index)
     keys = jax.vmap(functools.partial(jax.random.fold_in, step_key))(
         jnp.arange(indices.shape[0]))
     batch = jax.vmap(augment)(batch, keys)

@@ -44,6 +44,14 @@ def test_main_command_runs_fig1_and_compares(tmp_path, capsys):
   assert config["optimizer"]["method"] == "extrap_sgd"
   assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2"]
 
+  # A run's saved config alone trains it again, to the same records.
+  assert main.main(["rerun", str(run / "config.json"), "--run-dir",
+                    str(tmp_path / "again")]) == 0
+  def untimed(records):
+    return [{k: v for k, v in r.items() if k != "throughput"}
+            for r in records]
+  assert untimed(report.read_metrics(tmp_path / "again")) == untimed(records)
+
   # A second invocation skips completed runs.
   assert main.main(["--preset", "fig1", "--scale", "toy", "--runs-dir",
                     str(tmp_path), "--only", "extrap_sgd"]) == 0

@@ -189,10 +189,7 @@ class StudyRunner:
     if records is None:
       return math.nan
     summary = json.loads((directory / "summary.json").read_text())
-    if summary["status"] == "diverged":
-      return math.inf
-    return report.final_value(records, self.study.criterion,
-                              self.study.final_points)
+    return final_score(self.study, summary, records)
 
   # Stages.
 
@@ -325,6 +322,14 @@ def _check_same_config(config: ml_collections.ConfigDict,
         "definition, or delete that run directory to train it anew.")
 
 
+def final_score(study: Study, summary: dict[str, Any],
+                records: list[dict[str, Any]]) -> float:
+  """A run's final criterion value; infinite when it diverged."""
+  if summary["status"] == "diverged":
+    return math.inf
+  return report.final_value(records, study.criterion, study.final_points)
+
+
 def _steps_done(directory: pathlib.Path) -> int:
   checkpoints = directory / "checkpoints"
   if not checkpoints.is_dir():
@@ -382,14 +387,11 @@ class _Reporter:
     self.study = study
     self.root = root
     name, label, _ = study.baseline
+    self.baseline = name
     self.labels = {name: label, **{v.name: v.label for v in study.variants}}
-    self.methods = [name] + [v.name for v in study.variants]
 
   def final(self, run: dict[str, Any]) -> float:
-    if run["summary"]["status"] == "diverged":
-      return math.inf
-    return report.final_value(run["metrics"], self.study.criterion,
-                              self.study.final_points)
+    return final_score(self.study, run["summary"], run["metrics"])
 
   def tuning_table(self, method: str, key: str) -> list[str]:
     leaf = key.split(".")[-1]
@@ -428,8 +430,7 @@ class _Reporter:
 
   def results_table(self, groups: dict[str, list]) -> list[str]:
     criterion = self.study.criterion
-    baseline = self.methods[0]
-    by_seed = {r["summary"]["seed"]: r for r in groups.get(baseline, [])
+    by_seed = {r["summary"]["seed"]: r for r in groups.get(self.baseline, [])
                if r["summary"]["status"] == "completed"}
     lines = [f"| method | seeds | final {criterion} | test accuracy (%) | "
              f"steps to the baseline's final {criterion} | speed-up "

@@ -5,7 +5,12 @@
 `extrap_optax.Workers` on whatever devices exist, and writes to `run_dir`:
 
 - `config.json`: the resolved configuration;
-- `metrics.jsonl`: one JSON record per logging / evaluation step;
+- `metrics.jsonl`: one JSON record per step (`online_train_loss`, the loss
+  where each worker's gradient was taken, i.e. the extrapolated point z for
+  EXTRAP-SGD; the learning rate; for extrapolated methods the per-tensor
+  `extrapolation_ratio_median`/`_max`, ‖z − y‖/‖Δy‖) and per evaluation (test
+  metrics, and `shared_point_train_loss`: the shared point's loss on a fixed
+  training subset, the one training loss comparable across methods);
 - `tb/`: the same metrics as TensorBoard summaries (tensorboardX);
 - `checkpoints/`: orbax checkpoints of the whole stacked state;
 - `summary.json`: status and final metrics; `curves.png`: the learning curves.

@@ -252,7 +252,8 @@ def run_command(args) -> int:
     figure = report.plot_comparison(
         {name: [r for r in runs if r["summary"]["name"] == name]
          for name in dict.fromkeys(r["summary"]["name"] for r in runs)},
-        root / "comparison.png")
+        root / "comparison.png",
+        (report.SHARED_LOSS, report.SHARED_LOSS_BATCH_STATS))
     text += (f"\nFigure: {figure} (both methods on the same axes); each "
              "run's own curves are in its curves.png.\n")
   from experiments.configs import get_preset

@@ -15,6 +15,7 @@ import collections
 import json
 import math
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,8 @@ from experiments.configs.paper_results import PAPER_RESULTS
 SMOOTHING_EPOCHS = 1.0
 # The shared point's training loss compared between methods (classification).
 SHARED_LOSS = "shared_point_train_loss"
+# The same point's loss with BatchNorm on each local batch's own statistics.
+SHARED_LOSS_BATCH_STATS = "shared_point_train_loss_batch_stats"
 # A run's final loss is the mean of its last few measurements.
 FINAL_POINTS = 3
 
@@ -268,41 +271,45 @@ def plot_run(run_dir: pathlib.Path) -> pathlib.Path:
 
 def plot_comparison(groups: dict[str, list[dict[str, Any]]],
                     path: pathlib.Path,
-                    key: str = SHARED_LOSS) -> pathlib.Path:
+                    keys: Sequence[str] = (SHARED_LOSS,)) -> pathlib.Path:
   """One Figure-1-style comparison: every method on the same axes.
 
-  (a) `key` (the shared point's training loss) against epochs, the mean over
-  seeds with the seeds' range shaded, and each method's online loss at its
-  gradient's point (first seed, smoothed) dotted; (b) the smoothness L of the
-  probed steps, mean over the seeds that probed.
+  One panel per loss in `keys` (the shared point's training losses) against
+  epochs, the mean over seeds with the seeds' range shaded, and in the first
+  panel each method's online loss at its gradient's point (first seed,
+  smoothed) dotted; a last panel has the smoothness L of the probed steps,
+  mean over the seeds that probed.
 
   Args:
     groups: label -> runs (as `load_runs` gives them), one entry per method.
     path: the PNG file to write.
-    key: the loss to compare.
+    keys: the losses to draw.
 
   Returns:
     `path`.
   """
-  fig = Figure(figsize=(11, 4))
-  loss_ax, smooth_ax = fig.subplots(1, 2)
+  fig = Figure(figsize=(5.5 * (len(keys) + 1), 4))
+  *loss_axes, smooth_ax = fig.subplots(1, len(keys) + 1)
   for index, (label, runs) in enumerate(groups.items()):
     color = f"C{index}"
-    curves = [c for c in (_curve(r["metrics"], key) for r in runs) if len(c[0])]
-    if curves:
+    for ax, key in zip(loss_axes, keys):
+      curves = [c for c in (_curve(r["metrics"], key) for r in runs)
+                if len(c[0])]
+      if not curves:
+        continue
       length = min(len(c[1]) for c in curves)
       values = np.stack([c[2][:length] for c in curves])
       epochs = curves[0][1][:length]
-      loss_ax.plot(epochs, values.mean(0), color=color,
-                   label=f"{label} ({len(curves)} seed"
-                   f"{'s' if len(curves) > 1 else ''})")
+      ax.plot(epochs, values.mean(0), color=color,
+              label=f"{label} ({len(curves)} seed"
+              f"{'s' if len(curves) > 1 else ''})")
       if len(curves) > 1:
-        loss_ax.fill_between(epochs, values.min(0), values.max(0),
-                             color=color, alpha=0.2)
+        ax.fill_between(epochs, values.min(0), values.max(0), color=color,
+                        alpha=0.2)
     for _, epochs, values in (smoothed_train_loss(r["metrics"])
                               for r in runs[:1]):
-      loss_ax.plot(epochs, values, color=color, ls=":", lw=1,
-                   label=f"{label}: online loss at the gradient's point")
+      loss_axes[0].plot(epochs, values, color=color, ls=":", lw=1,
+                        label=f"{label}: online loss at the gradient's point")
     probes = [p for p in (_curve(r["metrics"], "smoothness") for r in runs)
               if len(p[0])]
     if probes:
@@ -311,15 +318,16 @@ def plot_comparison(groups: dict[str, list[dict[str, Any]]],
       smooth_ax.plot(probes[0][1][:length], values.mean(0), color=color,
                      marker="o", label=f"{label} ({len(probes)} seed"
                      f"{'s' if len(probes) > 1 else ''})")
-  loss_ax.set(xlabel="epoch", ylabel=key, yscale="log",
-              title="(a) training loss of the shared point y")
+  for ax, key in zip(loss_axes, keys):
+    ax.set(xlabel="epoch", ylabel=key, yscale="log",
+           title=f"training loss of the shared point y\n({key})")
+    ax.legend(fontsize=6)
   smooth_ax.set(xlabel="epoch", ylabel="L", yscale="log",
-                title="(b) smoothness L of the step")
-  loss_ax.legend(fontsize=6)
+                title="smoothness L of the step")
   if smooth_ax.lines:
     smooth_ax.legend(fontsize=6)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=110)
   return pathlib.Path(path)
 
 

@@ -74,6 +74,7 @@ class Study:
     baseline_grid: its values.
     variants: the extrapolated methods.
     criterion: the metric tuned for and compared (lower is better).
+    secondary_criteria: more metrics compared the same way (not tuned for).
     seeds: all seeds; the first one tunes.
     seed_overrides: extra settings of the seed runs (probes, which do not
       change the trajectory).
@@ -88,6 +89,7 @@ class Study:
   baseline_grid: tuple[float, ...]
   variants: tuple[Variant, ...]
   criterion: str = "shared_point_train_loss"
+  secondary_criteria: tuple[str, ...] = ()
   seeds: tuple[int, ...] = (0, 1, 2)
   seed_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
   max_extensions: int = 2
@@ -390,15 +392,24 @@ class _Reporter:
     self.baseline = name
     self.labels = {name: label, **{v.name: v.label for v in study.variants}}
 
-  def final(self, run: dict[str, Any]) -> float:
-    return final_score(self.study, run["summary"], run["metrics"])
+  def final(self, run: dict[str, Any], key: str | None = None) -> float:
+    study = self.study
+    if key is not None:
+      study = dataclasses.replace(study, criterion=key)
+    return final_score(study, run["summary"], run["metrics"])
+
+  @property
+  def criteria(self) -> tuple[str, ...]:
+    return (self.study.criterion,) + self.study.secondary_criteria
 
   def tuning_table(self, method: str, key: str) -> list[str]:
     leaf = key.split(".")[-1]
-    lines = [f"| {leaf} | status | steps | final {self.study.criterion} | "
-             "test accuracy (%) | extrapolation ratio ‖z−y‖/‖Δy‖: median "
-             "over steps of the per-step median over tensors [10%, 90%]; "
-             "max |", "| --- | --- | --- | --- | --- | --- |"]
+    finals = " | ".join(f"final {k}" for k in self.criteria)
+    lines = [f"| {leaf} | status | steps | {finals} | test accuracy (%) | "
+             "extrapolation ratio ‖z−y‖/‖Δy‖: median over steps of the "
+             "per-step median over tensors [10%, 90%]; max |",
+             "| --- | --- | --- |" + " --- |" * len(self.criteria)
+             + " --- | --- |"]
     runs = _runs_under(self.root / "tune" / method)
     rows = []
     for run in runs:
@@ -409,9 +420,10 @@ class _Reporter:
       rows.append((value, run))
     for value, run in sorted(rows, key=lambda r: r[0]):
       summary = run["summary"]
+      finals = " | ".join(f"{self.final(run, k):.4f}" for k in self.criteria)
       lines.append(
           f"| {value:g} | {summary['status']} | {summary['steps']} | "
-          f"{self.final(run):.4f} | {_fmt([_accuracy(summary)], 2)} | "
+          f"{finals} | {_fmt([_accuracy(summary)], 2)} | "
           f"{_ratio_summary(run['metrics'])} |")
     return lines
 
@@ -428,8 +440,8 @@ class _Reporter:
       groups[method] = runs
     return groups
 
-  def results_table(self, groups: dict[str, list]) -> list[str]:
-    criterion = self.study.criterion
+  def results_table(self, groups: dict[str, list], criterion: str) -> list[str]:
+    """Final `criterion`, steps to the baseline's final one, speed-ups."""
     by_seed = {r["summary"]["seed"]: r for r in groups.get(self.baseline, [])
                if r["summary"]["status"] == "completed"}
     lines = [f"| method | seeds | final {criterion} | test accuracy (%) | "
@@ -442,7 +454,7 @@ class _Reporter:
         reference = by_seed.get(run["summary"]["seed"])
         if reference is None:
           continue
-        target = self.final(reference)
+        target = self.final(reference, criterion)
         base_steps, method_steps = (
             report.first_crossing(r["metrics"], criterion, target,
                                   self.study.final_points)
@@ -454,10 +466,11 @@ class _Reporter:
                            for s in speedups) or "n/a"
       lines.append(
           f"| {self.labels.get(method, method)} | {len(runs)} | "
-          f"{_fmt([self.final(r) for r in runs], 4)} | "
+          f"{_fmt([self.final(r, criterion) for r in runs], 4)} | "
           f"{_fmt([_accuracy(r['summary']) for r in runs], 2)} | "
           f"{_fmt(steps, 0)} | {per_seed} | {_fmt(speedups, 2)} |")
     return lines
+
 
 def _machine() -> str:
   """The CPU model and core count, and the jax version."""
@@ -531,11 +544,12 @@ def write_report(study: Study, root: pathlib.Path,
   groups = reporter.seed_groups(choices)
   lines += ["## Stage 3: the best settings over seeds", ""]
   if groups:
-    lines += reporter.results_table(groups)
+    for criterion in reporter.criteria:
+      lines += reporter.results_table(groups, criterion) + [""]
     figure = out / f"{study.name}.png"
     report.plot_comparison(
         {reporter.labels.get(m, m): runs for m, runs in groups.items()},
-        figure, study.criterion)
+        figure, reporter.criteria)
     lines += ["", f"![{study.name}]({figure.name})", ""]
   else:
     lines += ["Pending: the tuning stages are not finished.", ""]

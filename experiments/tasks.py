@@ -152,6 +152,7 @@ class Classification:
     self.eval_batch_size = _round_up(config.data.eval_batch_size,
                                      len(jax.local_devices()))
     self._eval_step = jax.jit(self._eval_step_fn)
+    self._train_mode_step = jax.jit(self._train_mode_step_fn)
 
   @staticmethod
   def _resolve_source(config: ml_collections.ConfigDict) -> str:
@@ -231,17 +232,68 @@ class Classification:
       total_correct += float(correct)
     return total_loss / len(labels), total_correct / len(labels)
 
+  def _train_mode_step_fn(self, params, model_state, images, labels, mask):
+    """Summed loss of (chunks, B, ...) images, BatchNorm on each chunk's own
+    statistics (the running statistics are not updated)."""
+
+    def chunk_loss(chunk_images, chunk_labels):
+      logits, _ = self.model.apply(
+          {"params": params, **model_state},
+          cifar.normalize(chunk_images, self.mean, self.std), train=True,
+          mutable=list(model_state))
+      return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
+          logits.astype(jnp.float32), chunk_labels))
+
+    return jnp.sum(jax.vmap(chunk_loss)(images, labels) * mask)
+
+  def _train_mode_loss(self, params, model_state, images, labels) -> float:
+    """Mean loss with BatchNorm in training mode, on local-batch-sized chunks.
+
+    The objective the workers' gradients estimate (BatchNorm normalising by
+    the statistics of B examples), without augmentation; unlike the eval-mode
+    loss it does not depend on how far the running statistics trail the
+    weights. The last `len(labels) mod B` examples are left out.
+    """
+    local_batch = self.config.workers.local_batch_size
+    num_chunks = len(labels) // local_batch
+    group = len(self.eval_mesh.devices.flat)
+    sharding = NamedSharding(self.eval_mesh, P("batch"))
+    total = 0.0
+    for start in range(0, num_chunks, group):
+      count = min(group, num_chunks - start)
+      rows = slice(start * local_batch, (start + count) * local_batch)
+      chunk_images = np.zeros((group, local_batch) + images.shape[1:],
+                              np.uint8)
+      chunk_labels = np.zeros((group, local_batch), np.int32)
+      chunk_images[:count] = images[rows].reshape(
+          (count, local_batch) + images.shape[1:])
+      chunk_labels[:count] = labels[rows].reshape(count, local_batch)
+      mask = np.arange(group) < count
+      total += float(self._train_mode_step(
+          params, model_state,
+          *jax.device_put((chunk_images, chunk_labels, mask), sharding)))
+    return total / (num_chunks * local_batch)
+
   def evaluate(self, params, model_state) -> dict[str, float]:
     loss, accuracy = self._loss_and_accuracy(
         params, model_state, self.test_images, self.test_labels)
     return {"test_loss": loss, "test_accuracy": accuracy}
 
   def evaluate_train(self, params, model_state) -> dict[str, float]:
-    """Loss and accuracy on the fixed training subset (`data.train_eval_size`)."""
+    """Losses and accuracy of y on the fixed training subset.
+
+    `shared_point_train_loss` in eval mode (the running BatchNorm statistics,
+    what the model is evaluated and shipped with), and
+    `shared_point_train_loss_batch_stats` with BatchNorm on the statistics of
+    each local-batch-sized chunk (`_train_mode_loss`).
+    """
     loss, accuracy = self._loss_and_accuracy(
         params, model_state, self.train_eval_images, self.train_eval_labels)
     return {"shared_point_train_loss": loss,
-            "shared_point_train_accuracy": accuracy}
+            "shared_point_train_accuracy": accuracy,
+            "shared_point_train_loss_batch_stats": self._train_mode_loss(
+                params, model_state, self.train_eval_images,
+                self.train_eval_labels)}
 
 
 def class_balanced_prefix(images: np.ndarray, labels: np.ndarray,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from experiments import report
 from experiments.configs import presets
 from experiments.study import Study
 from experiments.study import Variant
@@ -65,6 +66,7 @@ def fig1_cpu() -> Study:
       baseline_grid=LEARNING_RATES,
       variants=variants,
       seed_overrides={"probe_every_steps": 25},
+      secondary_criteria=(report.SHARED_LOSS_BATCH_STATS,),
       # The eval-mode loss of y swings by ±0.3 from one epoch to the next at
       # this constant rate (BatchNorm's running statistics trail the fast-
       # moving weights): final values and crossings use the last 5 epochs.
@@ -95,6 +97,7 @@ def toy() -> Study:
                 {"optimizer.method": "minibatch_sgd"}),
       baseline_key="optimizer.base_learning_rate", baseline_grid=(0.05, 0.1),
       variants=variants, seeds=(0, 1), seed_overrides={"probe_every_steps": 2},
+      secondary_criteria=(report.SHARED_LOSS_BATCH_STATS,),
       max_extensions=1, final_points=2)
 
 

@@ -181,6 +181,19 @@ def test_shared_point_training_loss_is_measured_at_y(tmp_path):
   np.testing.assert_allclose(
       measured[-1]["shared_point_train_accuracy"],
       np.mean(np.argmax(logits, -1) == task.train_eval_labels))
+  # With BatchNorm on the statistics of each local batch of B examples.
+  local_batch = config.workers.local_batch_size
+  chunk_losses = []
+  for start in range(0, 48, local_batch):
+    chunk = slice(start, start + local_batch)
+    chunk_logits, _ = task.model.apply(
+        {"params": params, **batch_stats}, images[chunk].astype(np.float32),
+        train=True, mutable=list(batch_stats))
+    chunk_losses.append(_numpy_cross_entropy(
+        chunk_logits, task.train_eval_labels[chunk]))
+  np.testing.assert_allclose(
+      measured[-1]["shared_point_train_loss_batch_stats"],
+      np.concatenate(chunk_losses).mean(), rtol=2e-5)
   # A fixed subset of the training set, the same for every seed.
   assert len(task.train_eval_labels) == 48
   summary = json.loads((tmp_path / "summary.json").read_text())

@@ -136,6 +136,11 @@ class Classification:
     # The same subset for every run on the same data, whatever the seed.
     self.train_eval_images, self.train_eval_labels = _subset(
         train_images, train_labels, config.data.train_eval_size)
+    # The subset keeps the source's order, which may be sorted by class; the
+    # batch-statistics loss cuts it into local batches in this fixed random
+    # order instead, so that every batch mixes the classes as in training.
+    self.train_eval_order = np.random.default_rng(1).permutation(
+        len(self.train_eval_labels))
     self.mean, self.std = data.mean, data.std
     sharding = (workers.sharding if isinstance(workers.sharding, NamedSharding)
                 else None)
@@ -292,8 +297,9 @@ class Classification:
     return {"shared_point_train_loss": loss,
             "shared_point_train_accuracy": accuracy,
             "shared_point_train_loss_batch_stats": self._train_mode_loss(
-                params, model_state, self.train_eval_images,
-                self.train_eval_labels)}
+                params, model_state,
+                self.train_eval_images[self.train_eval_order],
+                self.train_eval_labels[self.train_eval_order])}
 
 
 def class_balanced_prefix(images: np.ndarray, labels: np.ndarray,

@@ -182,10 +182,14 @@ def test_shared_point_training_loss_is_measured_at_y(tmp_path):
       measured[-1]["shared_point_train_accuracy"],
       np.mean(np.argmax(logits, -1) == task.train_eval_labels))
   # With BatchNorm on the statistics of each local batch of B examples.
+  # The batches are cut in a fixed random order, not the source's (which may
+  # be sorted by class, making every batch one class).
+  order = task.train_eval_order
+  assert sorted(order) == list(range(48)) and list(order) != sorted(order)
   local_batch = config.workers.local_batch_size
   chunk_losses = []
   for start in range(0, 48, local_batch):
-    chunk = slice(start, start + local_batch)
+    chunk = order[start:start + local_batch]
     chunk_logits, _ = task.model.apply(
         {"params": params, **batch_stats}, images[chunk].astype(np.float32),
         train=True, mutable=list(batch_stats))

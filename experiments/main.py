@@ -247,6 +247,9 @@ def run_command(args) -> int:
   root = preset_root(args)
   text = report.compare(root)
   runs = report.load_runs(root)
+  if runs and all(any(report.SHARED_LOSS_BATCH_STATS in r
+                      for r in run["metrics"]) for run in runs):
+    text += "\n" + report.compare(root, report.SHARED_LOSS_BATCH_STATS)
   if runs and any(report.SHARED_LOSS in r for run in runs
                   for r in run["metrics"]):
     figure = report.plot_comparison(

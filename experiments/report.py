@@ -148,12 +148,13 @@ def _metric_scale(metric: str) -> float:
   return 100.0 if metric.endswith("accuracy") else 1.0
 
 
-def compare(root: pathlib.Path) -> str:
+def compare(root: pathlib.Path, key: str = SHARED_LOSS) -> str:
   """Markdown comparison of the runs under `root`, grouped by run name.
 
   Methods are compared at the same kind of point: by the shared point's
-  training loss (`shared_point_train_loss`, what every method evaluates and
-  ships) when the runs measured it, else by the smoothed online training loss.
+  training loss `key` (by default `shared_point_train_loss`, y in eval mode,
+  what every method evaluates and ships) when the runs measured it, else by
+  the smoothed online training loss.
   The target is mini-batch SGD's final loss (the mean of its last
   `FINAL_POINTS` measurements) when such a run is there, else the highest of
   the runs' final losses; "steps to target" is when each run's loss, averaged
@@ -164,15 +165,15 @@ def compare(root: pathlib.Path) -> str:
   runs = load_runs(root)
   if not runs:
     return f"No runs with a summary.json under {root}."
-  shared = all(any(SHARED_LOSS in r for r in run["metrics"]) for run in runs)
+  shared = all(any(key in r for r in run["metrics"]) for run in runs)
   if shared:
-    loss_name = f"shared-point training loss ({SHARED_LOSS})"
+    loss_name = f"shared-point training loss ({key})"
 
     def final(records):
-      return final_value(records, SHARED_LOSS)
+      return final_value(records, key)
 
     def reach(records, target):
-      return first_crossing(records, SHARED_LOSS, target, FINAL_POINTS)
+      return first_crossing(records, key, target, FINAL_POINTS)
   else:
     loss_name = (f"online training loss at the gradient's point, smoothed "
                  f"over {SMOOTHING_EPOCHS:g} epoch")
@@ -235,8 +236,9 @@ def compare(root: pathlib.Path) -> str:
     lines.append("")
     if ratios:
       mean, std = _mean_std(ratios)
-      verdict = ("faster" if mean > 1 else "slower" if mean < 1
-                 else "as fast")
+      shown = round(mean, 2)
+      verdict = ("faster" if shown > 1 else "slower" if shown < 1
+                 else "no faster, no slower")
       lines.append(
           f"{name} reached mini-batch SGD's final loss {mean:.2f}x as fast "
           f"({verdict}; {_fmt(mean, std, len(ratios))} over "

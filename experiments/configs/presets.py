@@ -264,6 +264,9 @@ def fig1(scale: str) -> Preset:
     config.optimizer.base_learning_rate = MAIN_JOB_LEARNING_RATE
     config.optimizer.extrapolation_scale = MAIN_JOB_EXTRAPOLATION_SCALE
     config.num_evals = 1
+    # The y-loss on 2,000 training images (the study uses 5,000), so that
+    # evaluation takes under half as long.
+    config.data.train_eval_size = 2000
     config.probe_every_steps = 30
     config.checkpoint_every_steps = 30
     methods = (MINIBATCH, EXTRAP)

@@ -40,7 +40,6 @@ import numpy as np
 
 from experiments import report
 
-FIXED_FIELDS = ("seed", "name", "column")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +158,7 @@ class StudyRunner:
 
   def run(self, label: str, config: ml_collections.ConfigDict,
           directory: pathlib.Path) -> list[dict[str, Any]] | None:
-    """Trains (or resumes, or skips) one run; its records, or None if not done."""
+    """Trains, resumes or skips one run; its records (None: not done)."""
     _check_same_config(config, directory)
     summary_path = directory / "summary.json"
     if summary_path.exists():
@@ -492,7 +491,7 @@ def _machine() -> str:
 
 
 def _copy_artifacts(root: pathlib.Path, out: pathlib.Path) -> int:
-  """config.json, metrics.jsonl and summary.json of every run (no checkpoints)."""
+  """Copies each run's config, metrics and summary (not its checkpoints)."""
   count = 0
   for summary in sorted(root.rglob("summary.json")):
     if out in summary.parents:

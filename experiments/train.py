@@ -254,12 +254,12 @@ def _worker0(tree: Any) -> Any:
 _FIRST_ROW_FNS: dict[Any, Any] = {}
 
 
-def _first_row(mesh: jax.sharding.Mesh) -> Any:
-  """A jitted `tree -> row 0 of each leaf`, replicated over `mesh`."""
+def _first_row(mesh: jax.sharding.Mesh | None) -> Any:
+  """A jitted `tree -> row 0 of each leaf`, replicated over `mesh` if any."""
   if mesh not in _FIRST_ROW_FNS:
     _FIRST_ROW_FNS[mesh] = jax.jit(
         lambda t: jax.tree.map(lambda x: x[0], t),
-        out_shardings=NamedSharding(mesh, P()))
+        out_shardings=None if mesh is None else NamedSharding(mesh, P()))
   return _FIRST_ROW_FNS[mesh]
 
 
@@ -307,8 +307,7 @@ class Trainer:
     replicated = (NamedSharding(self.workers.mesh, P())
                   if self.workers.mesh is not None else None)
     averages_points = config.optimizer.method.startswith("post_local")
-    self._first = jax.jit(lambda t: jax.tree.map(lambda x: x[0], t),
-                          out_shardings=replicated)
+    self._first = _first_row(self.workers.mesh)
     self._eval_point = jax.jit(
         make_eval_point(averages_points), out_shardings=replicated)
     self._all_finite = jax.jit(

@@ -34,6 +34,7 @@ import pathlib
 import shutil
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 COMMANDS = ("run", "sweep", "study", "rerun", "report", "list")
 
@@ -156,6 +157,27 @@ def _request_cpu_devices(num_workers: int, num_processes: int) -> None:
       f"{flags} --xla_force_host_platform_device_count={count}".strip())
 
 
+def _check_configs(configs: Sequence[Any], num_processes: int) -> None:
+  """Exits with every invalid field of `configs` (jax is not imported)."""
+  from experiments.configs import validation
+  for config in configs:
+    try:
+      validation.validate(config, num_processes=num_processes)
+    except validation.ConfigError as error:
+      raise SystemExit(f"error: {error}") from None
+
+
+def _check_data(configs: Sequence[Any]) -> None:
+  """Exits naming the first missing data file (imports jax: call it last)."""
+  from experiments import tasks
+  from experiments.input_pipeline import common
+  for config in configs:
+    try:
+      tasks.check_data(config)
+    except (common.MissingDataError, ValueError) as error:
+      raise SystemExit(f"error: {error}") from None
+
+
 def _initialize_distributed(args) -> None:
   if args.coordinator is None:
     return
@@ -221,8 +243,11 @@ def run_command(args) -> int:
       print(f"{label:60s} seed={config.seed} -> {directory}")
     print(f"{len(runs)} runs.")
     return 0
+  # Every run of the grid is checked before the first one starts.
+  _check_configs([config for _, config, _ in runs], args.num_processes)
   _request_cpu_devices(max(c.workers.num_workers for _, c, _ in runs),
                        args.num_processes)
+  _check_data([config for _, config, _ in runs])
   _initialize_distributed(args)
   from experiments import report
   from experiments import train
@@ -241,7 +266,7 @@ def run_command(args) -> int:
     print(f"== {label} seed {config.seed} -> {directory}")
     try:
       train.Trainer(config, directory).train()
-    except train.NonFiniteLossError as error:
+    except train.TrainingDivergedError as error:
       failures += 1
       print(error, file=sys.stderr)
   root = preset_root(args)
@@ -276,7 +301,9 @@ def rerun_command(args) -> int:
   if not args.config.is_file():
     raise SystemExit(f"No such config file: {args.config}.")
   config = ml_collections.ConfigDict(json.loads(args.config.read_text()))
+  _check_configs([config], 1)
   _request_cpu_devices(config.workers.num_workers, 1)
+  _check_data([config])
   from experiments import train
 
   summary = train.Trainer(config, args.run_dir).train()
@@ -293,8 +320,10 @@ def study_command(args) -> int:
   if args.max_steps is not None and args.max_steps < 1:
     raise SystemExit(f"--max-steps={args.max_steps} must be positive.")
   root = args.runs_dir / f"study-{study.name}"
+  _check_configs([study.base], 1)
   if not args.dry_run:
     _request_cpu_devices(study.base.workers.num_workers, 1)
+    _check_data([study.base])
   runner = study_lib.StudyRunner(study, root, max_steps=args.max_steps,
                                  dry_run=args.dry_run)
   try:

@@ -37,11 +37,27 @@ FINAL_POINTS = 3
 
 
 def read_metrics(run_dir: pathlib.Path) -> list[dict[str, Any]]:
-  """The records of `metrics.jsonl`."""
+  """The records of `metrics.jsonl`, without a last line cut by a crash.
+
+  Raises:
+    ValueError: a line other than the last is not valid JSON.
+  """
   path = pathlib.Path(run_dir) / "metrics.jsonl"
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line]
+  lines = path.read_text().split("\n")
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line:
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as error:
+      if number == len(lines):  # No newline yet: the write was cut short.
+        break
+      raise ValueError(f"{path}, line {number}, is not valid JSON ({error}); "
+                       "only a last line cut by a crash is expected.") from error
+  return records
 
 
 def load_runs(root: pathlib.Path) -> list[dict[str, Any]]:

@@ -345,7 +345,7 @@ def _train(config: ml_collections.ConfigDict, directory: pathlib.Path,
 
   try:
     return train.Trainer(config, directory).train(stop_at_step=stop_at_step)
-  except train.NonFiniteLossError:
+  except train.TrainingDivergedError:
     return json.loads((directory / "summary.json").read_text())
 
 

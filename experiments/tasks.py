@@ -583,6 +583,29 @@ TASKS = {
 }
 
 
+def check_data(config: ml_collections.ConfigDict) -> None:
+  """Checks that the files the run will read are there, without reading them.
+
+  Raises:
+    MissingDataError: the data directory or one of its files is missing; the
+      message names the files and `data.data_dir` / $EXTRAP_OPTAX_DATA_DIR.
+  """
+  if config.data.source == "synthetic":
+    return
+  root = data_dir(config)
+  if config.task == "classification":
+    source = Classification._resolve_source(config)
+    if source == "tfds":
+      return  # tfds downloads and checks its own files.
+    contents = (cifar.JPEG_FULL_CONTENTS if source == "jpeg_full"
+                else cifar.JPEG_SUBSET_CONTENTS)
+    common.resolve_data_dir(root, cifar.JPEG_SUBDIR, contents)
+  elif config.task == "language_model":
+    common.resolve_data_dir(root, wikitext2.SUBDIR, wikitext2.MANUAL_CONTENTS)
+  elif config.task == "translation":
+    common.resolve_data_dir(root, multi30k.SUBDIR, multi30k.expected_files())
+
+
 def make_task(config: ml_collections.ConfigDict,
               workers: extrap_optax.Workers) -> Task:
   """Builds the task `config.task` for `workers`."""

@@ -17,9 +17,16 @@
 
 A run directory that holds checkpoints is resumed from the newest one; data
 order and random keys are functions of (seed, step), so the resumed run
-follows the uninterrupted trajectory exactly. A non-finite training loss stops
-the run with `NonFiniteLossError`; the non-finite state is never saved, so the
-newest checkpoint is the last good one.
+follows the uninterrupted trajectory exactly, and `metrics.jsonl` and `tb/`
+are cut back to the restored step (`tb/` is rewritten from `metrics.jsonl`,
+whose records are appended line by line, so a crash loses at most the line
+being written, and that step is redone). A damaged newest checkpoint is
+reported and the previous one used (`checkpointing.Checkpointer`).
+
+A non-finite training loss stops the run with `NonFiniteLossError` (after the
+finite records before it are written), non-finite parameters at a checkpoint
+with `NonFiniteParametersError`; both are `TrainingDivergedError`s. The
+non-finite state is never saved, so the newest checkpoint is the last good one.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import functools
 import json
 import math
 import pathlib
+import shutil
 import subprocess
 import time
 from typing import Any
@@ -46,13 +54,22 @@ import extrap_optax
 from experiments import checkpointing
 from experiments import random_streams
 from experiments.configs import base as config_base
+from experiments.configs import validation as config_validation
 from experiments import report
 from experiments import tasks
 
 
 
-class NonFiniteLossError(RuntimeError):
+class TrainingDivergedError(RuntimeError):
+  """Training produced NaN or infinite values."""
+
+
+class NonFiniteLossError(TrainingDivergedError):
   """The training loss became NaN or infinite."""
+
+
+class NonFiniteParametersError(TrainingDivergedError):
+  """The parameters (or the optimizer's shared point) became NaN or infinite."""
 
 
 def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -232,6 +249,12 @@ def extrapolation_ratios(params: Any, opt_state: Any, next_params: Any,
           "extrapolation_ratio_max": jnp.nan_to_num(jnp.nanmax(ratios))}
 
 
+def _add_scalars(writer: Any, record: dict[str, Any]) -> None:
+  for key, value in record.items():
+    if key not in ("step", "epoch"):
+      writer.add_scalar(key, value, record["step"])
+
+
 def _is_due(step: int, every: int, last: int) -> bool:
   return step == last or (every > 0 and step % every == 0)
 
@@ -276,7 +299,14 @@ class Trainer:
       run_dir: where the run's artifacts go (created).
       workers: the workers to use; default `Workers(config.workers.num_workers,
         backend=config.workers.backend)` over all devices.
+
+    Raises:
+      ConfigError: a configuration field is invalid (all of them are listed).
+      MissingDataError: a data file the run needs is missing.
     """
+    # Bad fields and missing files fail here, before any loading or compiling.
+    config_validation.validate(config, num_processes=jax.process_count())
+    tasks.check_data(config)
     self.config = config
     self.run_dir = pathlib.Path(run_dir)
     self.is_main_process = jax.process_index() == 0
@@ -292,6 +322,7 @@ class Trainer:
     self.tx = make_optimizer(config, self.learning_rate, self.steps_per_epoch,
                              self.num_steps, axis_name)
     self.extrapolates = _has_extrapolation_state(self.tx)
+    self.checkpoint_problems: list[str] = []
     code_version()
     if config.data.train_eval_size > 0 and not hasattr(self.task,
                                                        "evaluate_train"):
@@ -414,18 +445,33 @@ class Trainer:
       return
     with open(self.run_dir / "metrics.jsonl", "a") as f:
       f.write(json.dumps(record) + "\n")
-    for key, value in record.items():
-      if key not in ("step", "epoch"):
-        writer.add_scalar(key, value, record["step"])
+    _add_scalars(writer, record)
 
-  def _truncate_metrics(self, last_step: int) -> None:
-    """Drops records past the restored checkpoint (they will be redone)."""
-    path = self.run_dir / "metrics.jsonl"
-    if not self.is_main_process or not path.exists():
-      return
-    records = [line for line in path.read_text().splitlines()
-               if line and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(r + "\n" for r in records))
+  def _open_logs(self, last_step: int) -> Any:
+    """Cuts the logs back to `last_step` and opens the TensorBoard writer.
+
+    Records past the restored step will be redone, so they are dropped:
+    `metrics.jsonl` is rewritten atomically, and `tb/` is rewritten from it,
+    since event files cannot be truncated (and TensorBoard's own purge of
+    redone steps is not seen by other readers of the events). A crash while
+    `tb/` is rewritten is repaired by the next resume the same way.
+
+    Returns:
+      The open `tensorboardX.SummaryWriter` of `tb/` (None off process 0).
+    """
+    if not self.is_main_process:
+      return None
+    kept = [r for r in report.read_metrics(self.run_dir)
+            if r["step"] <= last_step]
+    checkpointing.write_atomically(
+        self.run_dir / "metrics.jsonl",
+        "".join(json.dumps(r) + "\n" for r in kept))
+    shutil.rmtree(self.run_dir / "tb", ignore_errors=True)
+    writer = tensorboardX.SummaryWriter(str(self.run_dir / "tb"))
+    for record in kept:
+      _add_scalars(writer, record)
+    writer.flush()
+    return writer
 
   def train(self, stop_at_step: int | None = None) -> dict[str, Any]:
     """Runs (or resumes) training to the end; returns the summary.
@@ -436,21 +482,19 @@ class Trainer:
 
     Raises:
       NonFiniteLossError: the training loss became NaN or infinite.
+      NonFiniteParametersError: the state became non-finite by a checkpoint.
     """
     config = self.config
     self.run_dir.mkdir(parents=True, exist_ok=True)
     if self.is_main_process:
-      (self.run_dir / "config.json").write_text(config.to_json_best_effort(
-          indent=2, sort_keys=True))
+      checkpointing.write_atomically(
+          self.run_dir / "config.json",
+          config.to_json_best_effort(indent=2, sort_keys=True))
     checkpointer = checkpointing.Checkpointer(
         self.run_dir / "checkpoints", max_to_keep=config.keep_checkpoints)
-    state = self.init_state()
-    step = checkpointer.latest_step() or 0
-    if step:
-      state = checkpointer.restore(step, state)
-    self._truncate_metrics(step)
-    writer = (tensorboardX.SummaryWriter(str(self.run_dir / "tb"))
-              if self.is_main_process else None)
+    step, state, self.checkpoint_problems = checkpointer.restore_latest(
+        self.init_state())
+    writer = self._open_logs(step)
     eval_steps = _evaluation_steps(config, self.num_steps)
     train_eval_steps = _train_evaluation_steps(config, self.num_steps)
     progress = tqdm.tqdm(
@@ -485,7 +529,7 @@ class Trainer:
             step, config.checkpoint_every_steps, self.num_steps)
         if (evaluate or evaluate_train or checkpoint
             or _is_due(step, config.log_every_steps, self.num_steps)):
-          records = self._flush(pending)
+          records, non_finite = self._flush(pending)
           pending = []
           now = time.perf_counter()
           done = step - pending_start
@@ -496,6 +540,8 @@ class Trainer:
             if record["step"] == step and throughput:
               record["throughput"] = throughput
             self._write(record, writer)
+          if non_finite:
+            raise NonFiniteLossError(non_finite)
           last_train = records[-1]
           progress.set_postfix(
               loss=f"{last_train['online_train_loss']:.4f}",
@@ -514,14 +560,15 @@ class Trainer:
             progress.write(f"[{config.name}] step {step}: " + ", ".join(
                 f"{k}={v:.4f}" for k, v in evaluation.items()))
           if checkpoint:
-            if not bool(_host(self._all_finite(state["params"]))):
-              raise NonFiniteLossError(
-                  f"Parameters became non-finite by step {step}.")
+            if not bool(_host(self._all_finite(state))):
+              raise NonFiniteParametersError(
+                  f"The training state (parameters, optimizer or model "
+                  f"state) became non-finite by step {step}.")
             checkpointer.save(step, state)
           # Throughput counts training only, not evaluation and saving.
           last_time = time.perf_counter()
         progress.update(1)
-    except NonFiniteLossError as error:
+    except TrainingDivergedError as error:
       status = "diverged"
       message = (f"Run {config.name!r} stopped: {error} The last good "
                  f"checkpoint is step {checkpointer.latest_step()} in "
@@ -529,7 +576,7 @@ class Trainer:
       progress.write(message)
       self._write_summary(status, step, {}, last_train, time.perf_counter()
                           - start_time, first_step_seconds, message=message)
-      raise NonFiniteLossError(message) from error
+      raise type(error)(message) from error
     finally:
       progress.close()
       checkpointer.close()
@@ -552,8 +599,15 @@ class Trainer:
       report.plot_run(self.run_dir)
     return summary
 
-  def _flush(self, pending: list[tuple[int, Any]]) -> list[dict[str, Any]]:
-    """Fetches the pending steps' metrics; stops at a non-finite loss."""
+  def _flush(self, pending: list[tuple[int, Any]]
+             ) -> tuple[list[dict[str, Any]], str]:
+    """The pending steps' records up to a non-finite loss, and its message.
+
+    Returns:
+      `(records, message)`: the records of the steps before the first
+      non-finite training loss (all of them if none), and a message naming
+      that step, or "".
+    """
     values = _host(self._first([m for _, m in pending]))
     records = []
     for (step, _), metrics in zip(pending, values):
@@ -561,11 +615,10 @@ class Trainer:
                 "learning_rate": float(self.learning_rate(step - 1)),
                 **{k: float(v) for k, v in metrics.items()}}
       if not math.isfinite(record["online_train_loss"]):
-        raise NonFiniteLossError(
-            f"The training loss is {record['online_train_loss']} at step "
-            f"{step}.")
+        return records, (f"The training loss is {record['online_train_loss']}"
+                         f" at step {step}.")
       records.append(record)
-    return records
+    return records, ""
 
   def _write_summary(self, status, step, last_eval, last_train, seconds,
                      first_step_seconds, message=""):
@@ -583,11 +636,13 @@ class Trainer:
         "code_version": code_version(),
         "finished_at": datetime.datetime.now(
             datetime.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint_problems": self.checkpoint_problems,
         "final_online_train_loss": last_train.get("online_train_loss"),
         **{f"final_{k}": v for k, v in last_eval.items()},
     }
     if self.is_main_process:
-      (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+      checkpointing.write_atomically(self.run_dir / "summary.json",
+                                     json.dumps(summary, indent=2))
     return summary
 
 

@@ -7,6 +7,11 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Notebook kernels and the multi-process tests run in other directories; the
+# README's commands set the data directory relative to the checkout.
+if os.environ.get("EXTRAP_OPTAX_DATA_DIR"):
+  os.environ["EXTRAP_OPTAX_DATA_DIR"] = os.path.abspath(
+      os.environ["EXTRAP_OPTAX_DATA_DIR"])
 
 import pathlib
 

@@ -10,6 +10,7 @@ The problem: a tiny tanh regression whose data change with the step t, so that
 the gradient depends on both the parameters and the step.
 """
 
+import contextlib
 import inspect
 
 import jax
@@ -94,6 +95,26 @@ def injectable(factory, hp):
   return wrapped
 
 
+@contextlib.contextmanager
+def count_compilations():
+  """Collects one entry per XLA compilation inside the `with` block.
+
+  Built on `jax.monitoring`'s public compile events, which fire once per
+  backend compilation (a cache hit fires none).
+  """
+  compilations = []
+
+  def listener(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compilations.append(duration)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield compilations
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
 def check_jit_no_retrace(factory, hp):
   """A jitted step is traced and compiled once, not again on later steps."""
   tx = factory(**hp)
@@ -109,7 +130,9 @@ def check_jit_no_retrace(factory, hp):
   for t in range(NUM_STEPS):
     params, state, _ = step(params, state, t)
   assert len(traces) == 1, f"traced {len(traces)} times over {NUM_STEPS} steps"
-  assert step._cache_size() == 1
+  with count_compilations() as compilations:
+    step(params, state, NUM_STEPS)
+  assert compilations == [], "a later step compiled again"
 
 
 def check_inject_hyperparams(factory, hp):

@@ -504,6 +504,33 @@ def test_inject_hyperparams_momentum():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, expected)
 
 
+@pytest.mark.parametrize("noise", ["uniform", "smoothout"])
+def test_inject_hyperparams_noise_seed_gives_the_same_draws(noise):
+  params = {"w": jnp.full((3, 2), 0.5), "b": jnp.full((2,), 0.5)}
+  grads = jax.tree.map(lambda p: 0.1 * p, params)
+  factory = lambda learning_rate, seed: extrap_optax.noise_extrap_sgd(
+      learning_rate, extrapolation_rate=0.01, noise=noise, seed=seed)
+  plain = factory(0.1, 5)
+  injected = optax.inject_hyperparams(factory)(learning_rate=0.1, seed=5)
+  plain_state, injected_state = plain.init(params), injected.init(params)
+  update = jax.jit(injected.update)
+  plain_params = injected_params = params
+  for _ in range(3):
+    updates, plain_state = plain.update(grads, plain_state, plain_params)
+    plain_params = optax.apply_updates(plain_params, updates)
+    updates, injected_state = update(grads, injected_state, injected_params)
+    injected_params = optax.apply_updates(injected_params, updates)
+  # Equal draws; the last bit may differ (a constant seed is folded in XLA).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+               injected_params, plain_params)
+
+
+@pytest.mark.parametrize("seed", [1.0, True, "1", np.arange(2)])
+def test_non_integer_noise_seed_is_named(seed):
+  with pytest.raises(ValueError, match="`seed` must be an int or an integer"):
+    extrap_optax.filterwise_noise(seed)
+
+
 # 8. The LARS-scaled past gradient: App. C.1's reading of γ̂ (γ̂ = c·γ̃/K).
 
 TRUST_WEIGHT_DECAY = 1e-2

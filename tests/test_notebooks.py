@@ -20,6 +20,7 @@ packages, and it inherits the environment, including the 8 fake CPU devices of
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -78,6 +79,15 @@ def test_committed_clean(path):
   params = nb.cells[_parameter_cell_index(nb)].source
   assert SIZE_ENV in params and "SIZE" in params
   assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+def test_data_dir_reaches_kernels_in_other_directories(data_dir, tmp_path):
+  # A kernel runs in its notebook's directory, not where pytest started.
+  found = subprocess.run(
+      [sys.executable, "-c", "import os; print(os.path.isdir(os.environ["
+       "'EXTRAP_OPTAX_DATA_DIR']))"], cwd=tmp_path, capture_output=True,
+      text=True, check=True).stdout.strip()
+  assert found == "True", os.environ["EXTRAP_OPTAX_DATA_DIR"]
 
 
 @pytest.fixture(scope="session")

@@ -88,6 +88,15 @@ JPEG_FULL_SHA256 = (
     "729e9001ab8ec12c8b75986b08d3b6b32cc94add1e7d78b4cdb65e5475679a9a")
 # Images per split; every class has a tenth of them.
 JPEG_FULL_SIZES = {"train": 50_000, "test": 10_000}
+# File -> description, for the missing-file errors.
+JPEG_SUBSET_CONTENTS = {
+    JPEG_FILE: "npz with x_train/x_test (10000, 32, 32, 3) uint8 and "
+               "y_train/y_test (10000,) int64"}
+JPEG_FULL_CONTENTS = {
+    JPEG_FULL_FILE: "npz of the 60,000 CIFAR-10 JPEG files: train_jpeg/"
+                    "test_jpeg concatenated bytes (uint8), train_offsets/"
+                    "test_offsets (int64), train_labels/test_labels "
+                    "(int64), class_names"}
 CIFAR10_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
                        "frog", "horse", "ship", "truck")
 # Sub-directory of `$XDG_CACHE_HOME` (default `~/.cache`) for decoded arrays.
@@ -393,9 +402,8 @@ def load_cifar10_jpeg_subset(
     MissingDataError: the directory or the file is missing.
     ChecksumError: an array has the wrong contents.
   """
-  directory = common.resolve_data_dir(data_dir, JPEG_SUBDIR, {
-      JPEG_FILE: "npz with x_train/x_test (10000, 32, 32, 3) uint8 and "
-                 "y_train/y_test (10000,) int64"})
+  directory = common.resolve_data_dir(data_dir, JPEG_SUBDIR,
+                                      JPEG_SUBSET_CONTENTS)
   path = directory / JPEG_FILE
   with np.load(path, allow_pickle=False) as npz:
     arrays = {key: npz[key] for key in JPEG_SHA256}
@@ -631,11 +639,8 @@ def load_cifar10_jpeg_full(data_dir: common.PathLike | None = None, *,
       or a JPEG does not decode to a 32x32 image.
     ImportError: decoding is needed and Pillow is not installed.
   """
-  directory = common.resolve_data_dir(data_dir, JPEG_SUBDIR, {
-      JPEG_FULL_FILE: "npz of the 60,000 CIFAR-10 JPEG files: train_jpeg/"
-                      "test_jpeg concatenated bytes (uint8), train_offsets/"
-                      "test_offsets (int64), train_labels/test_labels "
-                      "(int64), class_names"})
+  directory = common.resolve_data_dir(data_dir, JPEG_SUBDIR,
+                                      JPEG_FULL_CONTENTS)
   path = directory / JPEG_FULL_FILE
   actual = file_sha256(path)
   if actual != JPEG_FULL_SHA256:
@@ -691,6 +696,10 @@ def normalize(images: jax.Array, mean: tuple[float, ...],
   """uint8 images -> float32 `(x / 255 - mean) / std` per channel."""
   x = images.astype(jnp.float32) / 255.0
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+# One compiled program per (shape, mean, std) for all evaluations of a run.
+_normalize_jit = jax.jit(normalize, static_argnums=(1, 2))
 
 
 def crop_and_flip(images: jax.Array, offsets: jax.Array,
@@ -863,9 +872,8 @@ def eval_batches(
   padded_labels = np.zeros((total,), np.int32)
   padded_labels[:num_examples] = labels
   mask = np.arange(total) < num_examples
-  normalize_fn = jax.jit(functools.partial(normalize, mean=tuple(mean),
-                                           std=tuple(std)))
+  mean, std = tuple(map(float, mean)), tuple(map(float, std))
   for start in range(0, total, batch_size):
     stop = start + batch_size
-    yield (normalize_fn(padded_images[start:stop]),
+    yield (_normalize_jit(padded_images[start:stop], mean, std),
            jnp.asarray(padded_labels[start:stop]), jnp.asarray(mask[start:stop]))

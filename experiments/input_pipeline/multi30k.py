@@ -77,7 +77,8 @@ def file_name(split: str, lang: str) -> str:
   return f"{FILE_STEMS[split]}.{lang}.gz"
 
 
-def _expected_files() -> dict[str, str]:
+def expected_files() -> dict[str, str]:
+  """Manual file -> description, for the missing-file errors."""
   return {file_name(s, lang): f"gzip, {_LINES[s]} raw {lang} sentences"
           for s in SPLITS for lang in LANGS}
 
@@ -131,7 +132,7 @@ def load_multi30k(
     MissingDataError: the directory or a file is missing.
     ChecksumError: a file has the wrong contents.
   """
-  directory = common.resolve_data_dir(data_dir, SUBDIR, _expected_files())
+  directory = common.resolve_data_dir(data_dir, SUBDIR, expected_files())
   return {s: _read_pair({lang: directory / file_name(s, lang)
                          for lang in LANGS}, sha256, s) for s in SPLITS}
 
@@ -170,7 +171,7 @@ class Multi30k(tfds.core.GeneratorBasedBuilder):
            for s in SPLITS})
     else:
       directory = common.resolve_data_dir(manual_dir.parent, manual_dir.name,
-                                          _expected_files())
+                                          expected_files())
       paths = {s: {lang: directory / file_name(s, lang) for lang in LANGS}
                for s in SPLITS}
     return {s: self._generate_examples(paths[s], s) for s in SPLITS}
@@ -203,7 +204,7 @@ def prepare_multi30k(
     The prepared builder; read it with `builder.as_data_source(split)`.
   """
   manual_dir = None if download else common.resolve_data_dir(
-      data_dir, SUBDIR, _expected_files())
+      data_dir, SUBDIR, expected_files())
   builder = builder_cls(data_dir=str(tfds_data_dir),
                         file_format="array_record")
   common.prepare_builder(builder, manual_dir)

@@ -55,6 +55,8 @@ _CONTENTS = {
     "validation": "gzip of pytorch/examples wikitext-2 valid.txt, 3,760 lines",
     "test": "gzip of pytorch/examples wikitext-2 test.txt, 4,358 lines",
 }
+# Manual file -> description, for the missing-file errors.
+MANUAL_CONTENTS = {FILES[s]: _CONTENTS[s] for s in SPLITS}
 
 _CITATION = """\
 @article{merity2016pointer,
@@ -113,8 +115,7 @@ def load_wikitext2(
     MissingDataError: the directory or a file is missing.
     ChecksumError: a file has the wrong contents.
   """
-  directory = common.resolve_data_dir(
-      data_dir, SUBDIR, {FILES[s]: _CONTENTS[s] for s in SPLITS})
+  directory = common.resolve_data_dir(data_dir, SUBDIR, MANUAL_CONTENTS)
   tokens = [tokenize_lines(read_lines(directory / FILES[s], sha256[s]))
             for s in SPLITS]
   vocab = common.Vocab.by_first_occurrence(
@@ -158,7 +159,7 @@ class Wikitext2(tfds.core.GeneratorBasedBuilder):
     else:
       directory = common.resolve_data_dir(
           manual_dir.parent, manual_dir.name,
-          {FILES[s]: _CONTENTS[s] for s in SPLITS})
+          MANUAL_CONTENTS)
       paths = {s: directory / FILES[s] for s in SPLITS}
     return {s: self._generate_examples(paths[s], self.SHA256[s])
             for s in SPLITS}
@@ -189,7 +190,7 @@ def prepare_wikitext2(
     The prepared builder; read it with `builder.as_data_source(split)`.
   """
   manual_dir = None if download else common.resolve_data_dir(
-      data_dir, SUBDIR, {FILES[s]: _CONTENTS[s] for s in SPLITS})
+      data_dir, SUBDIR, MANUAL_CONTENTS)
   builder = builder_cls(data_dir=str(tfds_data_dir),
                         file_format="array_record")
   common.prepare_builder(builder, manual_dir)

@@ -196,8 +196,18 @@ def _filterwise_scaled(
   return jnp.zeros_like(raw)
 
 
+def _check_seed(seed: int | jax.Array) -> None:
+  is_int = isinstance(seed, int) and not isinstance(seed, bool)
+  is_int_array = (hasattr(seed, "dtype") and jnp.ndim(seed) == 0
+                  and jnp.issubdtype(seed.dtype, jnp.integer))
+  if not (is_int or is_int_array):
+    raise ValueError(
+        f"`seed` must be an int or an integer scalar array (as "
+        f"`optax.inject_hyperparams` passes it), got {seed!r}.")
+
+
 def filterwise_noise(
-    seed: int = 0,
+    seed: int | jax.Array = 0,
     *,
     distribution: Literal["uniform", "gaussian"] = "uniform",
     shared_across_workers: bool = False,
@@ -211,7 +221,9 @@ def filterwise_noise(
   [in, out]; PyTorch's is axis 0).
 
   Args:
-    seed: base seed. Worker k at step t uses
+    seed: base seed, an int or an integer scalar array (so that
+      `optax.inject_hyperparams` may hold it; the same value gives the same
+      draws either way). Worker k at step t uses
       `fold_in(fold_in(key(seed), t), k)`; nothing random is stored.
     distribution: "uniform" (U(−1, 1), the paper's "uniform noise") or "gaussian".
     shared_across_workers: draw one ζ for all workers (SmoothOut, Wen et al. 2018)
@@ -229,8 +241,7 @@ def filterwise_noise(
   if small_params not in ("none", "elementwise"):
     raise ValueError(
         f"`small_params` must be 'none' or 'elementwise', got {small_params!r}.")
-  if not isinstance(seed, int):
-    raise ValueError(f"`seed` must be a Python int, got {seed!r}.")
+  _check_seed(seed)
 
   def draw(key: jax.Array, param: jax.Array) -> jax.Array:
     dtype = jnp.promote_types(param.dtype, jnp.float32)
@@ -254,7 +265,7 @@ def filterwise_noise(
 
 
 def smoothout_noise(
-    seed: int = 0,
+    seed: int | jax.Array = 0,
     *,
     distribution: Literal["uniform", "gaussian"] = "uniform",
     small_params: Literal["none", "elementwise"] = "none",

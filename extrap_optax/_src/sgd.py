@@ -257,7 +257,7 @@ def noise_extrap_sgd(
     *,
     extrapolation_rate: ScalarOrSchedule,
     noise: Literal["uniform", "gaussian", "smoothout", "gradient"] = "uniform",
-    seed: int = 0,
+    seed: int | jax.Array = 0,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     weight_decay_mask: MaskOrFn = None,

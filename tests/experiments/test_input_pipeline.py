@@ -16,6 +16,7 @@ from experiments.input_pipeline import cifar
 from experiments.input_pipeline import common
 from experiments.input_pipeline import multi30k
 from experiments.input_pipeline import wikitext2
+from tests import contract
 
 # ----------------------------------------------------------------- CIFAR
 
@@ -145,6 +146,15 @@ def test_eval_batches_pad_and_mask():
   np.testing.assert_array_equal(np.asarray(y), [8, 9, 0, 0])
   np.testing.assert_allclose(np.asarray(batches[0][0][0]),
                              (images[0] / 255.0 - 0.5) / 0.25, atol=1e-5)
+
+
+def test_eval_batches_compile_once_across_evaluations():
+  images, labels = _random_images(10), np.arange(10)
+  list(cifar.eval_batches(images, labels, 4, (0.5,) * 3, (0.25,) * 3))
+  with contract.count_compilations() as compilations:
+    # A second evaluation, as the trainer runs one per evaluation step.
+    list(cifar.eval_batches(images, labels, 4, [0.5] * 3, np.full(3, 0.25)))
+  assert compilations == []
 
 
 @pytest.mark.parametrize("name,num_classes", [("cifar10", 10),

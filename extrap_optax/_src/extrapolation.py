@@ -30,10 +30,12 @@ because XLA fuses them differently (e.g. the order of a vmapped `pmean`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from extrap_optax._src import collectives
@@ -77,17 +79,102 @@ def _scaled_offset(rate: Any, direction: optax.Updates) -> optax.Updates:
   return jax.tree.map(lambda z: (-rate * z).astype(z.dtype), direction)
 
 
+# The relative distance ‖g^k − ḡ‖/‖ḡ‖ below which `debug_checks` takes the
+# workers' gradients for averaged ones. The mean of K equal float32 values is
+# within ~K·1.2e-7 of them; different local batches differ far more.
+IDENTICAL_GRADIENTS_TOLERANCE = 1e-3
+
+
+def _averaged_gradients_message(axis_name, when: str) -> str:
+  return (
+      f"The gradients given to the extrapolated optimizer's `update` {when} "
+      f"over the worker axis {axis_name!r}: they were averaged before the "
+      "optimizer (a `lax.pmean`/`psum` in the training step, "
+      "`jax.value_and_grad`, `DynamicScale` or a loss with `axis_name=...`), "
+      "or every worker got the same batch. The optimizer averages the "
+      "gradients itself and extrapolates each worker from its own gradient "
+      "g^k; with averaged gradients every worker extrapolates with the mean, "
+      "a different algorithm. Remove the averaging of the gradients from the "
+      "training step (averaging metrics is fine) and give each worker its own "
+      "batch.")
+
+
+def _varying_axes(x: Any) -> frozenset | None:
+  """The manual mesh axes over which `x` varies, or None where JAX does not say.
+
+  `shard_map` with `check_vma=True` types every value with the mesh axes over
+  which it may differ between devices; `pmap`, `vmap` and `check_vma=False`
+  track nothing (every set is empty).
+  """
+  aval = jax.typeof(x)
+  manual_axis_type = getattr(aval, "manual_axis_type", None)
+  if manual_axis_type is not None:
+    return manual_axis_type.varying
+  return getattr(aval, "vma", None)
+
+
+def _check_not_averaged(grads: optax.Updates, axis_name) -> None:
+  """Raises, when tracing, if the gradients provably agree on all workers.
+
+  Only where JAX tracks variance (`shard_map` with `check_vma=True`): there a
+  gradient that does not vary over the worker axes is the same on every
+  worker on every step, which only an averaging does. Exact, and free: it
+  reads types, not values.
+  """
+  names = frozenset((axis_name,) if isinstance(axis_name, str) else axis_name)
+  tracked = _varying_axes(jax.lax.axis_index(axis_name))
+  if tracked is None or not names <= tracked:
+    return
+  leaves = jax.tree.leaves(grads)
+  if leaves and not any(names & (_varying_axes(g) or frozenset()) for g in leaves):
+    raise ValueError(_averaged_gradients_message(
+        axis_name, "do not vary (they have the same value on every worker)"))
+
+
+def _raise_if_identical(identical: np.ndarray, count: np.ndarray, *, axis_name):
+  if np.any(identical):
+    step = int(np.max(count))
+    raise ValueError(_averaged_gradients_message(
+        axis_name, f"were identical on all workers at step {step} while "
+        f"extrapolating (‖g^k − ḡ‖ <= {IDENTICAL_GRADIENTS_TOLERANCE:g}·‖ḡ‖, "
+        "`debug_checks=True`)"))
+
+
+def _debug_check_gradients_differ(grads, mean_grads, active, count, axis_name):
+  """At run time, raises if a worker's gradient equals the mean (no collective)."""
+
+  def squared_norm(tree):
+    return sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+               for x in jax.tree.leaves(tree))
+
+  distance = squared_norm(jax.tree.map(jnp.subtract, grads, mean_grads))
+  size = squared_norm(mean_grads)
+  identical = active & (size > 0) & (
+      distance <= IDENTICAL_GRADIENTS_TOLERANCE**2 * size)
+  jax.debug.callback(
+      functools.partial(_raise_if_identical, axis_name=axis_name),
+      identical, count)
+
+
 def make_extrapolated(
     base: optax.GradientTransformation,
     perturbation: perturbations.Perturbation,
     extrapolation_rate: ScalarOrSchedule,
     axis_name: validation.AxisName | None,
     local_steps: LocalSteps | None,
+    *,
+    debug_checks: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Shared implementation of `extrapolate` and `post_local_sgd`."""
   validation.check_non_negative("extrapolation_rate", extrapolation_rate)
+  validation.check_bool("debug_checks", debug_checks)
   axis_name = validation.normalize_axis_name(axis_name)
   base = optax.with_extra_args_support(base)
+  # With a literal zero rate and no local steps the algorithm is mini-batch
+  # SGD, for which gradients averaged twice are harmless.
+  never_extrapolates = local_steps is None and (
+      validation.is_concrete_number(extrapolation_rate)
+      and extrapolation_rate == 0)
 
   def init_fn(params: optax.Params) -> ExtrapolationState:
     # A copy, so that `params` and the state can both be donated to a jitted step.
@@ -107,6 +194,9 @@ def make_extrapolated(
     count = state.count
 
     caller = "the extrapolated transformation's `update`"
+    if axis_name is not None and not never_extrapolates:
+      validation.check_axis_bound(axis_name, caller)
+      _check_not_averaged(grads, axis_name)
     if local_steps is None:
       mean_grads = collectives.mean_over_workers(grads, axis_name, caller)
     else:
@@ -138,8 +228,12 @@ def make_extrapolated(
         next_params=next_shared, base_state=state.base_state,
         next_base_state=base_state, next_count=next_count,
         worker_index=collectives.worker_index(axis_name))
-    next_offset = _scaled_offset(
-        _value_at(extrapolation_rate, next_count), perturbation(context))
+    next_rate = _value_at(extrapolation_rate, next_count)
+    if debug_checks and axis_name is not None:
+      synchronous = True if local_steps is None else count < local_steps.start_step
+      _debug_check_gradients_differ(
+          grads, mean_grads, synchronous & (next_rate > 0), count, axis_name)
+    next_offset = _scaled_offset(next_rate, perturbation(context))
     param_updates = jax.tree.map(
         lambda s, new, old: (s + (new - old)).astype(s.dtype),
         step, next_offset, offset)
@@ -155,6 +249,7 @@ def extrapolate(
     extrapolation_rate: ScalarOrSchedule,
     *,
     axis_name: validation.AxisName | None = None,
+    debug_checks: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Turns a base transformation into its extrapolated form (paper §3.2).
 
@@ -175,16 +270,36 @@ def extrapolate(
       (`extrap_optax.extrapolation_rate_schedule`).
     axis_name: the worker axis name or tuple of names over which to `pmean`, or
       `None` for a single worker (extrapolation from the past, Gidel et al. 2018).
+    debug_checks: on every step where the next extrapolation rate is positive,
+      compare each worker's gradient g^k with the mean ḡ the step computes
+      anyway and raise (through `jax.debug.callback`, as a `JaxRuntimeError`
+      whose message names the step) when ‖g^k − ḡ‖ <= 1e-3·‖ḡ‖: the
+      gradients were averaged before the optimizer, or all workers saw the
+      same batch. No extra collective; one host callback per step.
 
   Returns:
     An `optax.GradientTransformationExtraArgs` whose state is an
     `ExtrapolationState`; extra keyword arguments of `update` go to `base`.
+
+  Raises:
+    ValueError: for a negative `extrapolation_rate`; when traced, for an
+      unbound `axis_name`, or (inside `jax.shard_map` with `check_vma=True`)
+      for gradients that do not vary over the worker axes, i.e. were averaged
+      by the training step already.
   """
-  return make_extrapolated(base, perturbation, extrapolation_rate, axis_name, None)
+  return make_extrapolated(base, perturbation, extrapolation_rate, axis_name,
+                           None, debug_checks=debug_checks)
 
 
 def evaluation_params(params: optax.Params, state: optax.OptState) -> optax.Params:
-  """The shared point y_t to evaluate and checkpoint, given a worker's params and state.
+  """The shared point y_t to evaluate and ship, given a worker's params and state.
+
+  With an extrapolated optimizer the parameters a worker holds are its
+  extrapolation point z^k_t = y_t − γ̂_t·ζ^k_t, not the model being trained:
+  evaluating `params` directly silently evaluates worker k's perturbed point.
+  Evaluate (and export) `evaluation_params(params, opt_state)` instead. To
+  resume training, checkpoint `params` and `opt_state` themselves, per worker
+  (see `extrap_optax.check_per_worker`).
 
   Works with the state of any transformation of this package, also nested inside
   `optax.chain`, `optax.inject_hyperparams` or `optax.MultiSteps`. For a state with

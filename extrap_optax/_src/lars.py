@@ -13,7 +13,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from extrap_optax._src import validation
@@ -45,23 +44,6 @@ def matrices_only(params: optax.Params) -> Any:
     A pytree of Python bools with the structure of `params`.
   """
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
-
-
-def _resolve_mask(name: str, mask: Mask | None, params: optax.Params) -> Any:
-  """The mask as a pytree of Python bools with the structure of `params`."""
-  if mask is None:
-    mask = True
-  tree = mask(params) if callable(mask) else mask
-  if isinstance(tree, (bool, np.bool_)):
-    return jax.tree.map(lambda _: bool(tree), params)
-  validation.check_mask_matches(name, tree, params)
-  leaves = jax.tree.leaves(tree)
-  if not all(isinstance(m, (bool, np.bool_)) for m in leaves):
-    raise ValueError(
-        f"`{name}` leaves must be static Python booleans (True where the "
-        f"transformation applies), got {[type(m).__name__ for m in leaves]}. "
-        "Build it with e.g. `jax.tree.map(lambda p: p.ndim >= 2, params)`.")
-  return jax.tree.map(bool, tree)
 
 
 def _norm(x: jax.Array) -> jax.Array:
@@ -175,10 +157,12 @@ def scale_by_larc(
   validation.check_non_negative("trust_coefficient", trust_coefficient)
   validation.check_non_negative("weight_decay", weight_decay)
   validation.check_non_negative("eps", eps)
+  validation.check_mask("weight_decay_mask", weight_decay_mask)
+  validation.check_mask("mask", mask)
 
   def init_fn(params):
-    _resolve_mask("weight_decay_mask", weight_decay_mask, params)
-    _resolve_mask("mask", mask, params)
+    validation.resolve_mask("weight_decay_mask", weight_decay_mask, params)
+    validation.resolve_mask("mask", mask, params)
     return ScaleByLarcState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
@@ -186,8 +170,9 @@ def scale_by_larc(
       raise ValueError(
           "scale_by_larc needs the current parameters (the norms ||w|| and the "
           "weight decay use them): call `update(grads, state, params)`.")
-    decay_tree = _resolve_mask("weight_decay_mask", weight_decay_mask, params)
-    larc_tree = _resolve_mask("mask", mask, params)
+    decay_tree = validation.resolve_mask(
+        "weight_decay_mask", weight_decay_mask, params)
+    larc_tree = validation.resolve_mask("mask", mask, params)
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
 
     def leaf(g, w, decayed, scaled):

@@ -142,6 +142,7 @@ def past_gradient(
         f"`scaling` must be one of {PAST_GRADIENT_SCALINGS}, got {scaling!r}.")
   validation.check_non_negative("weight_decay", weight_decay)
   validation.check_non_negative("eps", eps)
+  validation.check_mask("weight_decay_mask", weight_decay_mask)
 
   if scaling == "none":
     def direction(context: PerturbationContext) -> optax.Updates:
@@ -158,7 +159,7 @@ def past_gradient(
     return out.astype(g.dtype)
 
   def direction(context: PerturbationContext) -> optax.Updates:
-    decay_tree = lars._resolve_mask(
+    decay_tree = validation.resolve_mask(
         "weight_decay_mask", weight_decay_mask, context.next_params)
     return jax.tree.map(
         scaled, context.local_grads, context.next_params, decay_tree)

@@ -22,11 +22,13 @@ def post_local_sgd(
     extrapolation_rate: ScalarOrSchedule = 0.0,
     perturbation: perturbations.Perturbation | None = None,
     momentum: float = 0.9,
+    nesterov: bool = True,
     weight_decay: float = 0.0,
     weight_decay_mask: sgd.MaskOrFn = None,
     trust_coefficient: float | None = None,
     extrapolation_scaling: Literal["none", "trust_ratio"] = "none",
     axis_name: validation.AxisName | None = None,
+    debug_checks: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Post-local SGD, optionally with extrapolation (paper App. D.1, Algorithm 2).
 
@@ -40,7 +42,8 @@ def post_local_sgd(
                if (t − t0 + 1) mod H = 0:  y^k ← pmean(y^k)
 
   Momentum buffers (and BatchNorm statistics, which live in the model) are never
-  averaged. With `extrapolation_rate > 0` the gradient of worker k is taken at
+  averaged. The rules of `extrap_sgd` for a training script apply: from t0 on
+  the optimizer state differs per worker too. With `extrapolation_rate > 0` the gradient of worker k is taken at
   z^k = y^k − γ̂·ζ^k, extrapolating from the worker's local model. H = 1 equals
   synchronous training (the update is linear in the gradient; equal up to
   rounding, and not with LARS, which is not linear).
@@ -63,6 +66,7 @@ def post_local_sgd(
     perturbation: ζ; default `past_gradient(extrapolation_scaling, ...)`
       (EXTRAP-SGD).
     momentum: u in [0, 1).
+    nesterov: Nesterov momentum (default, the paper's); False: heavy ball.
     weight_decay: coupled L2 coefficient λ >= 0.
     weight_decay_mask: which tensors are decayed (default: ndim >= 2).
     trust_coefficient: LARS trust coefficient γ̃ (apex LARC), or `None` for no LARS.
@@ -71,6 +75,8 @@ def post_local_sgd(
       (LARS-scaled past gradient, App. C.1, with this optimizer's λ and mask).
       Only with the default `perturbation`.
     axis_name: the worker axis name(s), or `None` for one worker.
+    debug_checks: check at run time that the workers' gradients differ on the
+      synchronous steps (see `extrapolate`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs` with an `ExtrapolationState`.
@@ -90,16 +96,17 @@ def post_local_sgd(
   if perturbation is None:
     perturbation = perturbations.past_gradient(
         extrapolation_scaling, weight_decay=weight_decay,
-        weight_decay_mask=sgd._checked_mask(
-            "weight_decay_mask", weight_decay_mask))
+        weight_decay_mask=sgd._decay_mask(weight_decay_mask))
   elif extrapolation_scaling != "none":
     raise ValueError(
         f"`extrapolation_scaling`={extrapolation_scaling!r} scales the default "
         "past-gradient perturbation; with a custom `perturbation` leave it "
         "'none' (or pass `past_gradient(scaling=...)` as the perturbation).")
   base = sgd.nesterov_sgd(
-      learning_rate, momentum=momentum, weight_decay=weight_decay,
-      weight_decay_mask=weight_decay_mask, trust_coefficient=trust_coefficient)
+      learning_rate, momentum=momentum, nesterov=nesterov,
+      weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
+      trust_coefficient=trust_coefficient)
   return extrapolation.make_extrapolated(
       base, perturbation, extrapolation_rate,
-      axis_name, extrapolation.LocalSteps(start_step, sync_period))
+      axis_name, extrapolation.LocalSteps(start_step, sync_period),
+      debug_checks=debug_checks)

@@ -283,3 +283,65 @@ class Workers:
       return mapped(*args)
 
     return jax.jit(run, donate_argnums=donate_argnums)
+
+
+def _same_on_every_device(x: jax.Array) -> bool:
+  first = np.asarray(x.addressable_shards[0].data)
+  return all(np.asarray(shard.data).tobytes() == first.tobytes()
+             for shard in x.addressable_shards[1:])
+
+
+def check_per_worker(tree: Any, num_workers: int, *, name: str = "tree") -> Any:
+  """Checks that a tree holds every worker's values, e.g. before a checkpoint.
+
+  With an extrapolated optimizer the parameters and the optimizer state differ
+  per worker, so a checkpoint that resumes exactly must hold all K workers'
+  values, stacked along a leading axis (the layout of `Workers`, of a `pmap`
+  with `out_axes=0`, of `shard_map` with `out_specs=P(axis)`, of a `vmap`-ed
+  step). Saving those stacked arrays as they are, e.g. with
+  ``orbax.checkpoint.StandardCheckpointer``, and restoring them with the same
+  shapes and shardings continues bit for bit. Two mistakes lose workers
+  silently; this check catches them:
+
+  * a leaf without the leading worker axis, as after
+    ``flax.jax_utils.unreplicate`` or ``x[0]``: only worker 0 was kept;
+  * a leaf labelled replicated (fully replicated sharding) whose device buffers
+    differ, as returned by ``jax.pmap(..., out_axes=None)`` or ``shard_map``
+    with ``out_specs=P()`` and ``check_vma=False``: a host read sees device 0,
+    a checkpoint stores a patchwork of workers.
+
+  The second check copies each replicated leaf's device buffers to the host.
+
+  Args:
+    tree: the per-worker trees to save, e.g. ``(params, opt_state)``.
+    num_workers: K, the number of workers.
+    name: how errors call `tree`.
+
+  Returns:
+    `tree`, unchanged.
+
+  Raises:
+    ValueError: naming the first offending leaf and the fix.
+  """
+  if not isinstance(num_workers, int) or num_workers < 1:
+    raise ValueError(f"`num_workers` must be a positive int, got {num_workers!r}.")
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    where = f"{name}{jax.tree_util.keystr(path)}"
+    shape = np.shape(leaf)
+    if (isinstance(leaf, jax.Array) and leaf.sharding.is_fully_replicated
+        and len(leaf.addressable_shards) > 1 and not _same_on_every_device(leaf)):
+      raise ValueError(
+          f"{where} (shape {shape}) is labelled replicated but its devices hold "
+          "different values: it came out of `jax.pmap(..., out_axes=None)` or "
+          "`shard_map(..., out_specs=P())` while it differs per worker. Return "
+          "the parameters and the optimizer state per worker (`out_axes=0`, "
+          "`out_specs=P(axis)`) and pass them back in the same way.")
+    if not shape or shape[0] != num_workers:
+      raise ValueError(
+          f"{where} has shape {shape}, without a leading worker axis of size "
+          f"K={num_workers}: it holds one worker's copy (e.g. after "
+          "`flax.jax_utils.unreplicate` or `x[0]`), and a run resumed from it "
+          "would restart every worker from that copy. Keep the per-worker "
+          "stacks: save the parameters and optimizer state as the training "
+          "step returns them.")
+  return tree

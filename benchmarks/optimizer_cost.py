@@ -62,7 +62,7 @@ def sgd_candidates() -> dict[str, tuple[optax.GradientTransformation, int]]:
 def adam_candidates() -> dict[str, tuple[optax.GradientTransformation, int]]:
   """name -> (transformation, floor in parameter-sized buffers moved)."""
   return {
-      "optax.adam": (optax.adam(1e-3, b1=0.9, b2=0.98, eps=1e-9), 7),
+      "optax.adam": (optax.adam(1e-3), 7),
       "adam (library)": (extrap_optax.adam(1e-3), 7),
       "extrap_adam": (extrap_optax.extrap_adam(1e-3, extrapolation_rate=1e-3 / 32), 9),
   }

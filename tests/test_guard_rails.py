@@ -125,7 +125,7 @@ def test_debug_checks_catch_gradients_averaged_by_the_script(run):
 # 2. Evaluation at the worker's parameters instead of the shared point.
 
 def test_evaluation_params_is_the_point_before_the_extrapolation():
-  """README's drop-in loop: y_t = z_t + γ̂·g_{t−1}, so `params` is not the model.
+  """README's one-worker loop: y_t = z_t + γ̂·g_{t−1}, so `params` is not the model.
 
   The reference is Algorithm 1's extrapolation step inverted with the
   gradient the loop itself computed; the loss at `params` differs from the

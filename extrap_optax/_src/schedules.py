@@ -264,6 +264,11 @@ def extrapolation_rate_schedule(
   variants), App. C.1. Following a schedule :math:`\gamma_t`, the
   extrapolation warms up and decays with it (ALGORITHMS.md §2).
 
+  The convergence theory (Theorem 4.4) allows :math:`\hat\gamma \le
+  \frac{u^2}{(1-u)^2}\gamma` for a small enough :math:`\gamma`, which
+  :math:`\gamma/K` satisfies for :math:`u \ge 1/2`; at practical learning
+  rates a much larger :math:`\hat\gamma` can fail (see `extrap_sgd`).
+
   Args:
     learning_rate: :math:`\gamma_t`, a float or an `optax.Schedule`.
     num_workers: :math:`K`.

@@ -1,13 +1,19 @@
-"""Mini-batch SGD and the extrapolated-SGD family, ready to use.
+r"""Mini-batch SGD and the extrapolated-SGD family, ready to use.
 
-All share one base step for the shared point y (design notes §1, §2, §7):
+All share one base step for the shared point :math:`y` (see
+:ref:`momentum-convention`, :ref:`extrap-sgd` and :ref:`weight-decay`):
 
-    d   = ḡ + λ·y          (coupled L2, masked: no decay on tensors with ndim < 2)
-    buf = u·buf + d ;  y ← y − γ_t·(d + u·buf)        (PyTorch/optax Nesterov)
+.. math::
 
-which is `optax.chain(optax.add_decayed_weights(λ, mask), optax.sgd(γ, u,
-nesterov=True))` on the averaged gradient ḡ = pmean(g^k), and equals
-`torch.optim.SGD(lr=γ, momentum=u, nesterov=True, weight_decay=λ)`.
+  d = \bar g + \lambda y, \qquad
+  b \leftarrow u b + d, \qquad
+  y \leftarrow y - \gamma_t (d + u b),
+
+with the coupled L2 masked (no decay on tensors with ndim < 2), which is
+``optax.chain(optax.add_decayed_weights(λ, mask), optax.sgd(γ, u,
+nesterov=True))`` on the averaged gradient :math:`\bar g = \operatorname{pmean}_k
+g^k`, and equals ``torch.optim.SGD(lr=γ, momentum=u, nesterov=True,
+weight_decay=λ)``.
 """
 
 from __future__ import annotations
@@ -56,7 +62,13 @@ def nesterov_sgd(
     weight_decay_mask: MaskOrFn = None,
     trust_coefficient: float | None = None,
 ) -> optax.GradientTransformation:
-  """The base step (no communication): coupled L2 [+ LARS] + Nesterov momentum + −γ_t.
+  r"""The base step (no communication): coupled L2 [+ LARS] + Nesterov momentum + −γ_t.
+
+  .. math::
+
+    d = g + \lambda y \ \ (\text{or } \mathrm{LARC}(g, y)), \qquad
+    b \leftarrow u b + d, \qquad
+    y \leftarrow y - \gamma_t (d + u b).
 
   Args:
     learning_rate: γ, a float or an `optax.Schedule`.
@@ -67,12 +79,35 @@ def nesterov_sgd(
       (`matrices_only`).
     trust_coefficient: LARS trust coefficient γ̃ >= 0 (paper: 0.02, tuned in
       {0.01, 0.02, 0.03}) to scale the decayed gradient per tensor as NVIDIA apex
-      LARC does (`scale_by_larc`, design notes §6), or `None` for no LARS.
+      LARC does (`scale_by_larc`, see :ref:`lars`), or `None` for no LARS.
 
   Returns:
-    `optax.chain(optax.add_decayed_weights(λ, mask), optax.sgd(γ, u, nesterov=True))`,
-    with `scale_by_larc(γ, trust_coefficient=γ̃, weight_decay=λ)` in place of the
-    decay when LARS is on.
+    ``optax.chain(optax.add_decayed_weights(λ, mask), optax.sgd(γ, u,
+    nesterov=True))``, with ``scale_by_larc(γ, trust_coefficient=γ̃,
+    weight_decay=λ)`` in place of the decay when LARS is on.
+
+  Raises:
+    ValueError: for a negative `learning_rate` or `weight_decay`, or a
+      `momentum` outside [0, 1) (named).
+
+  References:
+    Sutskever et al., `On the importance of initialization and momentum in
+    deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`__,
+    ICML 2013.
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, §5 and App. C.
+
+  Examples:
+    The first step of Nesterov momentum is :math:`-\gamma (1 + u) d`:
+
+    >>> import jax.numpy as jnp
+    >>> import extrap_optax
+    >>> tx = extrap_optax.nesterov_sgd(0.5, momentum=0.5)
+    >>> params = {"w": jnp.array([[1.0]]), "b": jnp.array([1.0])}
+    >>> grads = {"w": jnp.array([[2.0]]), "b": jnp.array([2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> print(updates["w"].tolist(), updates["b"].tolist())
+    [[-1.5]] [-1.5]
   """
   validation.check_non_negative("learning_rate", learning_rate)
   validation.check_momentum(momentum)
@@ -102,7 +137,7 @@ def minibatch_sgd(
     trust_coefficient: float | None = None,
     axis_name: validation.AxisName | None = None,
 ) -> optax.GradientTransformation:
-  """Mini-batch SGD with Nesterov momentum over K workers (paper eq. 1, §5).
+  """Mini-batch SGD with Nesterov momentum over K workers (paper §5, eq. 1).
 
   One `pmean` of the gradient over `axis_name`, then `nesterov_sgd`. The
   baseline of the paper ("mini-batch SGD" means with Nesterov momentum), and
@@ -118,6 +153,29 @@ def minibatch_sgd(
 
   Returns:
     An `optax.GradientTransformation`.
+
+  References:
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, §5, eq. 1.
+    Goyal et al., `Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour
+    <https://arxiv.org/abs/1706.02677>`__, 2017.
+
+  Examples:
+    Two workers with gradients 1 and 3 take the step of their mean, 2:
+
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import extrap_optax
+    >>> workers = extrap_optax.Workers(num_workers=2)
+    >>> tx = extrap_optax.minibatch_sgd(0.5, momentum=0.0,
+    ...                                 axis_name=workers.axis_name)
+    >>> def step(params, grads):
+    ...   updates, _ = tx.update(grads, tx.init(params), params)
+    ...   return optax.apply_updates(params, updates)
+    >>> params = workers.replicate(jnp.zeros(1))
+    >>> print(workers.map(step)(params, workers.put(jnp.array([[1.0], [3.0]])))
+    ...       .ravel().tolist())
+    [-1.0, -1.0]
   """
   return optax.chain(
       collectives.all_reduce_mean(axis_name),
@@ -138,7 +196,7 @@ def extrapolated_sgd(
     trust_coefficient: float | None = None,
     axis_name: validation.AxisName | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """Extrapolated SGD (paper §3.2) with any perturbation source ζ.
+  r"""Extrapolated SGD (paper §3.2) with any perturbation source ζ.
 
   Each worker computes its gradient at z^k_t = y_t − γ̂_t·ζ^k_t (the parameters it
   holds); y follows `minibatch_sgd` on the gradients averaged over workers.
@@ -161,6 +219,26 @@ def extrapolated_sgd(
   Returns:
     An `optax.GradientTransformationExtraArgs`; `evaluation_params(params, state)`
     gives y_t.
+
+  References:
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, §3.2.
+
+  Examples:
+    Extrapolated SGD with anisotropic gradient noise, :math:`\zeta^k = g^k -
+    \bar g`, which is 0 for one worker: the worker stays at :math:`y`.
+
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import extrap_optax
+    >>> tx = extrap_optax.extrapolated_sgd(
+    ...     0.5, perturbation=extrap_optax.gradient_noise(),
+    ...     extrapolation_rate=0.25, momentum=0.0)
+    >>> params = jnp.array([1.0])
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(jnp.array([1.0]), state, params)
+    >>> print(optax.apply_updates(params, updates).tolist())
+    [0.5]
   """
   return extrapolation.extrapolate(
       nesterov_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay,
@@ -180,15 +258,23 @@ def extrap_sgd(
     extrapolation_scaling: Literal["none", "trust_ratio"] = "none",
     axis_name: validation.AxisName | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """EXTRAP-SGD (Lin et al., ICML 2020, Algorithm 1).
+  r"""EXTRAP-SGD (Lin et al., ICML 2020, Algorithm 1).
 
-  On worker k, with y_t the shared point and g^k_{t−1} the worker's previous
-  local mini-batch gradient (g_{−1} = 0):
+  On worker :math:`k`, with :math:`y_t` the shared point and
+  :math:`g^k_{t-1}` the worker's previous local mini-batch gradient
+  (:math:`g_{-1} = 0`):
 
-      z^k = y_t − γ̂_t·ζ^k,  ζ^k = g^k_{t−1}   # extrapolation from the past
-      g^k = ∇f(z^k; local batch)              # computed by the caller at `params`
-      ḡ   = pmean(g^k)                        # the only collective
-      d   = ḡ + λ·y_t ;  buf = u·buf + d ;  y_{t+1} = y_t − γ_t·(d + u·buf)
+  .. math::
+
+    \begin{aligned}
+    z^k_t &= y_t - \hat\gamma_t \zeta^k_t, \quad \zeta^k_t = g^k_{t-1}
+      && \text{extrapolation from the past}\\
+    g^k_t &= \nabla f(z^k_t;\ \text{local batch})
+      && \text{computed by the caller at its params}\\
+    \bar g_t &= \operatorname{pmean}_k g^k_t && \text{the only collective}\\
+    d &= \bar g_t + \lambda y_t, \quad b \leftarrow u b + d, \quad
+      y_{t+1} = y_t - \gamma_t (d + u b).
+    \end{aligned}
 
   The parameters a worker holds are z^k; `evaluation_params(params, state)` is y.
   `extrapolation_rate=0` gives `minibatch_sgd` bit for bit. With
@@ -199,7 +285,7 @@ def extrap_sgd(
   `extrapolation_scaling`:
 
   * "none" (default): ζ^k = g^k_{t−1}, the raw past gradient, with
-    γ̂_t = c·γ_t/K, c in {1, 2, 4}: §3.1 (past gradients let γ̂ "directly
+    γ̂_t = c·γ_t/K, c in {1, 2, 4}: paper §3.1 (past gradients let γ̂ "directly
     take on the learning rate used for small mini-batch training") and Remark 4.5
     (γ̂ ≈ γ/K, which the convergence analysis, γ̂ <= u²/(1−u)²·γ, covers). It
     is the default because it is Algorithm 1 as printed and as analysed; it
@@ -227,8 +313,9 @@ def extrap_sgd(
     weight_decay_mask: which tensors are decayed (default: ndim >= 2); with
       "trust_ratio" also where λ_j = λ in ζ.
     trust_coefficient: LARS (apex LARC) trust coefficient γ̃, or `None` for none.
-    extrapolation_scaling: "none" (raw past gradient, §3.1) or "trust_ratio"
-      (LARS-scaled past gradient, App. C.1); see above.
+    extrapolation_scaling: "none" (raw past gradient, paper §3.1) or
+      "trust_ratio" (LARS-scaled past gradient, App. C.1); see above and
+      :ref:`extrapolation-scale`.
     axis_name: the worker axis name(s), or `None` for one worker.
 
   Returns:
@@ -237,6 +324,29 @@ def extrap_sgd(
   Raises:
     ValueError: for an `extrapolation_scaling` other than "none" or
       "trust_ratio", or a bad hyperparameter (named).
+
+  References:
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, §3.1, Algorithm 1,
+    Remark 4.5 and App. C.1.
+    Gidel et al., `A Variational Inequality Perspective on Generative
+    Adversarial Networks <https://arxiv.org/abs/1802.10551>`__, 2018.
+
+  Examples:
+    One worker: the first step is Nesterov SGD's; the worker then holds
+    :math:`z_1 = y_1 - \hat\gamma g_0`, and the second gradient is taken there.
+
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import extrap_optax
+    >>> tx = extrap_optax.extrap_sgd(0.5, extrapolation_rate=0.25, momentum=0.5)
+    >>> params = jnp.array([2.0])
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(jnp.array([1.0]), state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> print(extrap_optax.evaluation_params(params, state).tolist(),
+    ...       params.tolist())   # y_1 = 2 - 0.5 * 1.5 * 1, z_1 = y_1 - 0.25 * 1
+    [1.25] [1.0]
   """
   if extrapolation_scaling not in perturbations.PAST_GRADIENT_SCALINGS:
     raise ValueError(
@@ -283,6 +393,30 @@ def noise_extrap_sgd(
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
+
+  Raises:
+    ValueError: for an unknown `noise`, or a bad hyperparameter (named).
+
+  References:
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, §3.2 and
+    Table 1.
+    Wen et al., `SmoothOut: Smoothing Out Sharp Minima to Improve
+    Generalization in Deep Learning <https://arxiv.org/abs/1805.07898>`__,
+    2018.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import extrap_optax
+    >>> tx = extrap_optax.noise_extrap_sgd(
+    ...     0.1, extrapolation_rate=0.01, noise="gaussian", seed=3)
+    >>> params = {"kernel": jnp.ones((4, 2))}
+    >>> updates, state = tx.update({"kernel": jnp.zeros((4, 2))},
+    ...                            tx.init(params), params)
+    >>> offset = updates["kernel"]   # the step is 0: only the extrapolation
+    >>> print(np.linalg.norm(offset, axis=0).round(4))   # 0.01 * ‖y_j‖
+    [0.02 0.02]
   """
   sources = {
       "uniform": lambda: perturbations.filterwise_noise(seed, distribution="uniform"),

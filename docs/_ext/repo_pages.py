@@ -68,6 +68,13 @@ def _rewrite_target(app: Sphinx, docname: str, source: str, target: str,
   return f"{app.config.repo_pages_url}/{kind}/main/{resolved}{hash_}{anchor}"
 
 
+def _rewrite_links(app: Sphinx, docname: str, source: str, text: str) -> str:
+  return LINK.sub(
+      lambda m: (f"{m['bang']}[{m['text']}](" + _rewrite_target(
+          app, docname, source, m["target"], bool(m["bang"])) + ")"),
+      text)
+
+
 def _find_pages(app: Sphinx, env, docnames) -> None:
   del docnames
   env.repo_pages = _repo_pages(app)
@@ -83,17 +90,21 @@ def _read(app: Sphinx, docname: str, content: list[str]) -> None:
     logger.warning(f"repo-page {source} does not exist", location=docname)
     return
   app.env.note_dependency(str(path))
-  lines, in_fence = [], False
+  # Links may span lines, so rewrite whole runs of text between code fences.
+  chunks, prose, in_fence = [], [], False
   for line in path.read_text(encoding="utf-8").splitlines():
-    if FENCE.match(line):
-      in_fence = not in_fence
-    elif not in_fence:
-      line = LINK.sub(
-          lambda m: (f"{m['bang']}[{m['text']}](" + _rewrite_target(
-              app, docname, source, m["target"], bool(m["bang"])) + ")"),
-          line)
-    lines.append(line)
-  content[0] = "\n".join(lines) + "\n"
+    if FENCE.match(line) or in_fence:
+      if prose:
+        chunks.append(_rewrite_links(app, docname, source, "\n".join(prose)))
+        prose = []
+      chunks.append(line)
+      if FENCE.match(line):
+        in_fence = not in_fence
+    else:
+      prose.append(line)
+  if prose:
+    chunks.append(_rewrite_links(app, docname, source, "\n".join(prose)))
+  content[0] = "\n".join(chunks) + "\n"
 
 
 def setup(app: Sphinx) -> dict:

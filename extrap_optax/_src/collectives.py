@@ -37,10 +37,10 @@ def worker_index(axis_name: validation.AxisName | None) -> jax.Array:
     >>> import jax, jax.numpy as jnp
     >>> import extrap_optax
     >>> workers = extrap_optax.Workers(num_workers=4)
-    >>> indices = workers.map(lambda x: extrap_optax.worker_index(
-    ...     workers.axis_name) + 0 * x)(jnp.zeros(4, jnp.int32))
-    >>> print(indices.tolist())
-    [0, 1, 2, 3]
+    >>> def add_index(x):
+    ...   return x + extrap_optax.worker_index(workers.axis_name)
+    >>> print(workers.map(add_index)(jnp.full(4, 10)).tolist())
+    [10, 11, 12, 13]
   """
   if axis_name is None:
     return jnp.zeros((), jnp.int32)

@@ -88,7 +88,7 @@ def test_rate_zero_equals_averaged_adam_over_workers(jit):
 def test_single_worker_matches_algorithm_3_by_hand(paper_literal):
   """Algorithm 3 with K = 1: x_{t+1/2} = x_t − γ̂·(extrapolation), then an Adam step.
 
-  The main step is the bias-corrected Adam of optax (design notes §5); the
+  The main step is the bias-corrected Adam of optax (docs/algorithms.md, "EXTRAP-ADAM"); the
   extrapolation is the printed formula (paper_literal) or its square-root,
   bias-corrected form.
   """

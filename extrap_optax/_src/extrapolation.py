@@ -1,31 +1,16 @@
-"""The extrapolated-SGD framework: any base optax transformation, extrapolated.
+r"""The extrapolated-SGD framework: any base optax transformation, extrapolated.
 
-Lin, Kong, Stich and Jaggi, "Extrapolation for Large-batch Training in Deep
-Learning", ICML 2020, §3 and Algorithm 1.
+Each worker k holds its extrapolation point :math:`z^k_t = y_t + \delta^k_t`
+and computes its gradient there; the shared point :math:`y_t` takes the base
+transformation's step on the gradient averaged over workers, and the offset
+:math:`\delta^k_{t+1} = -\hat\gamma_{t+1} \zeta^k_{t+1}` comes from a
+perturbation source (`extrap_optax.past_gradient` for EXTRAP-SGD). The state
+stores :math:`y_t` (see :ref:`shared-point`); the perturbation is formed at the
+end of the step (see :ref:`perturbation-timing`).
 
-One step on worker k, with y_t the shared point, z^k_t = y_t + δ^k_t its
-extrapolation point (the parameters the worker holds), and ζ a perturbation source:
-
-    g^k      = ∇f(z^k; local batch)              # the caller's gradient at `params`
-    ḡ        = pmean(g^k)                        # the only collective
-    u, s'    = base.update(ḡ, s, y_t)            # e.g. coupled L2 + Nesterov + −γ_t
-    y_{t+1}  = y_t + u
-    δ^k_{t+1} = −γ̂_{t+1} · ζ^k_{t+1}             # ζ formed from g^k, ḡ, y_{t+1}, ...
-    updates  = u + (δ^k_{t+1} − δ^k_t)           # so params become z^k_{t+1}
-
-δ_0 = 0: the first step is not extrapolated (the paper's footnote 1). With the
-PyTorch/optax Nesterov base, y_t is the paper's x_{t+1/2} without the local
-extrapolation; with a constant γ this is algebraically Algorithm 1.
-
-**Choice**: the state stores y_t rather than the offset δ^k_t. It is the same
-memory (one parameter-sized buffer per worker), but the shared point is then
-bit-identical on every worker (it is computed from identical values only) and
-does not drift by rounding as z − δ would; δ^k_t = params − y_t is recomputed
-each step. With γ̂ = 0 the offsets are exactly zero and the trajectory is bit for
-bit that of `chain(all_reduce_mean(axis_name), base)`: the same floating-point
-operations in the same order. That holds op by op (`jax.disable_jit()`); two
-different jit-compiled programs may still round the last bit differently,
-because XLA fuses them differently (e.g. the order of a vmapped `pmean`).
+References:
+  Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+  <https://arxiv.org/abs/2006.05720>`__, ICML 2020, §3 and Algorithm 1.
 """
 
 from __future__ import annotations
@@ -46,14 +31,15 @@ ScalarOrSchedule = float | jax.Array | optax.Schedule
 
 
 class ExtrapolationState(NamedTuple):
-  """State of an extrapolated transformation on one worker.
+  r"""State of an extrapolated transformation on one worker.
 
   Attributes:
-    count: the step t (number of updates applied).
-    shared_params: y_t, the shared point, equal on all workers (identical
-      across workers except on local steps of post-local SGD). Use it for
-      evaluation and checkpoints: `extrap_optax.evaluation_params`.
-    base_state: the state of the base transformation (e.g. the momentum buffer).
+    count: the step :math:`t`, the number of updates applied (int32).
+    shared_params: :math:`y_t`, the shared point, identical on all workers
+      (except on the local steps of post-local SGD). Evaluate and checkpoint
+      it: `evaluation_params` reads it.
+    base_state: the state of the base transformation (e.g. the momentum
+      buffer), updated with the averaged gradient only.
   """
   count: jax.Array
   shared_params: optax.Params
@@ -61,11 +47,13 @@ class ExtrapolationState(NamedTuple):
 
 
 class LocalSteps(NamedTuple):
-  """Post-local SGD phase (Lin et al., 2020): local steps from `start_step` on.
+  """The local phase of post-local SGD (Lin et al., ICLR 2020).
 
   Attributes:
-    start_step: t0; steps t < t0 are synchronous (gradient `pmean`).
-    sync_period: H; from t0 on, parameters are averaged after every H local steps.
+    start_step: :math:`t_0`; steps :math:`t < t_0` are synchronous (gradient
+      `pmean`).
+    sync_period: :math:`H`; from :math:`t_0` on, parameters are averaged after
+      every :math:`H` local steps.
   """
   start_step: int
   sync_period: int
@@ -165,7 +153,7 @@ def make_extrapolated(
     *,
     debug_checks: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  """Shared implementation of `extrapolate` and `post_local_sgd`."""
+  """The shared implementation of `extrapolate` and `post_local_sgd`."""
   validation.check_non_negative("extrapolation_rate", extrapolation_rate)
   validation.check_bool("debug_checks", debug_checks)
   axis_name = validation.normalize_axis_name(axis_name)
@@ -251,67 +239,129 @@ def extrapolate(
     axis_name: validation.AxisName | None = None,
     debug_checks: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  """Turns a base transformation into its extrapolated form (paper §3.2).
+  r"""Turns a base transformation into its extrapolated form (paper §3.2).
 
-  The caller computes the gradient at the parameters it holds, which are the
-  worker's extrapolation point z^k_t = y_t − γ̂_t·ζ^k_t, and applies the returned
-  updates as usual. This transformation averages the gradient over `axis_name`
-  (the single collective, as in mini-batch SGD), steps the shared point y with
-  `base` on the averaged gradient, and moves the worker to its next
-  extrapolation point. See the module docstring for the equations.
+  One step on worker :math:`k`, with :math:`y_t` the shared point,
+  :math:`z^k_t = y_t + \delta^k_t` the parameters the worker holds (its
+  extrapolation point) and :math:`\zeta` the perturbation source:
+
+  .. math::
+
+    \begin{aligned}
+    g^k_t &= \nabla f(z^k_t) && \text{the caller's gradient, at its params}\\
+    \bar g_t &= \operatorname{pmean}_k g^k_t && \text{the only collective}\\
+    u_t, s_{t+1} &= \mathrm{base.update}(\bar g_t, s_t, y_t),
+      \quad y_{t+1} = y_t + u_t\\
+    \delta^k_{t+1} &= -\hat\gamma_{t+1}\, \zeta^k_{t+1}
+      && \zeta \text{ formed from } g^k_t, \bar g_t, y_{t+1}, \dots\\
+    \text{updates} &= u_t + (\delta^k_{t+1} - \delta^k_t)
+      && \text{so the params become } z^k_{t+1}
+    \end{aligned}
+
+  with :math:`\delta_0 = 0`: the first step is not extrapolated (the paper's
+  footnote 1). With γ̂ = 0 the trajectory is bit for bit that of
+  ``optax.chain(all_reduce_mean(axis_name), base)``, op by op (see
+  :ref:`shared-point`).
 
   Args:
-    base: the optimizer of the shared point, e.g.
-      `optax.chain(optax.add_decayed_weights(λ), optax.sgd(γ, 0.9, nesterov=True))`.
-      It receives the averaged gradient and `params=y_t`.
-    perturbation: the source of ζ, e.g. `extrap_optax.past_gradient()`.
-    extrapolation_rate: γ̂, a float or an `optax.Schedule` of the step.
-      ζ^k_{t+1} is scaled by γ̂_{t+1}. The paper uses γ̂_t ≈ c·γ_t/K
-      (`extrap_optax.extrapolation_rate_schedule`).
-    axis_name: the worker axis name or tuple of names over which to `pmean`, or
-      `None` for a single worker (extrapolation from the past, Gidel et al. 2018).
+    base: the optimizer of the shared point, e.g. ``optax.chain(
+      optax.add_decayed_weights(λ), optax.sgd(γ, 0.9, nesterov=True))``. It
+      receives the averaged gradient and ``params=y_t``.
+    perturbation: the source of :math:`\zeta`, e.g. `past_gradient`; any
+      function of a `PerturbationContext` returning a tree like the params.
+    extrapolation_rate: :math:`\hat\gamma \ge 0`, a float or an
+      `optax.Schedule` of the step; :math:`\zeta^k_{t+1}` is scaled by
+      :math:`\hat\gamma_{t+1}`. The paper uses
+      :math:`\hat\gamma_t \approx c\,\gamma_t/K`
+      (`extrapolation_rate_schedule`; see :ref:`extrapolation-rate`).
+    axis_name: the worker axis name or tuple of names over which to `pmean`,
+      or `None` for a single worker (extrapolation from the past, Gidel et al.,
+      2018).
     debug_checks: on every step where the next extrapolation rate is positive,
-      compare each worker's gradient g^k with the mean ḡ the step computes
-      anyway and raise (through `jax.debug.callback`, as a `JaxRuntimeError`
-      whose message names the step) when ‖g^k − ḡ‖ <= 1e-3·‖ḡ‖: the
-      gradients were averaged before the optimizer, or all workers saw the
-      same batch. No extra collective; one host callback per step.
+      compare each worker's gradient :math:`g^k` with the mean :math:`\bar g`
+      the step computes anyway and raise (through `jax.debug.callback`, as a
+      ``JaxRuntimeError`` whose message names the step) when
+      :math:`\|g^k - \bar g\| \le 10^{-3} \|\bar g\|`: the gradients were
+      averaged before the optimizer, or all workers saw the same batch. No
+      extra collective; one host callback per step.
 
   Returns:
     An `optax.GradientTransformationExtraArgs` whose state is an
     `ExtrapolationState`; extra keyword arguments of `update` go to `base`.
 
   Raises:
-    ValueError: for a negative `extrapolation_rate`; when traced, for an
-      unbound `axis_name`, or (inside `jax.shard_map` with `check_vma=True`)
-      for gradients that do not vary over the worker axes, i.e. were averaged
-      by the training step already.
+    ValueError: for a negative `extrapolation_rate` or a malformed
+      `axis_name`; when `update` runs, for a missing `params`, an unbound
+      worker axis, or (inside `jax.shard_map` with ``check_vma=True``)
+      gradients that do not vary over the worker axes, i.e. were averaged by
+      the training step already.
+
+  References:
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, §3.2.
+    Gidel et al., `A Variational Inequality Perspective on Generative
+    Adversarial Networks <https://arxiv.org/abs/1802.10551>`__, 2018.
+
+  Examples:
+    Extrapolate plain SGD from the past gradient: the first step is SGD's,
+    and the worker then holds :math:`z_1 = y_1 - \hat\gamma g_0`.
+
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import extrap_optax
+    >>> tx = extrap_optax.extrapolate(
+    ...     optax.sgd(0.5), extrap_optax.past_gradient(), extrapolation_rate=0.25)
+    >>> params = jnp.array([1.0, 2.0])
+    >>> state = tx.init(params)
+    >>> grads = jnp.array([1.0, -1.0])
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> print(extrap_optax.evaluation_params(params, state).tolist())   # y_1
+    [0.5, 2.5]
+    >>> print(params.tolist())   # z_1 = y_1 - 0.25 * g_0
+    [0.25, 2.75]
   """
   return make_extrapolated(base, perturbation, extrapolation_rate, axis_name,
                            None, debug_checks=debug_checks)
 
 
 def evaluation_params(params: optax.Params, state: optax.OptState) -> optax.Params:
-  """The shared point y_t to evaluate and ship, given a worker's params and state.
+  r"""The shared point :math:`y_t` to evaluate and ship.
 
-  With an extrapolated optimizer the parameters a worker holds are its
-  extrapolation point z^k_t = y_t − γ̂_t·ζ^k_t, not the model being trained:
-  evaluating `params` directly silently evaluates worker k's perturbed point.
-  Evaluate (and export) `evaluation_params(params, opt_state)` instead. To
-  resume training, checkpoint `params` and `opt_state` themselves, per worker
-  (see `extrap_optax.check_per_worker`).
-
-  Works with the state of any transformation of this package, also nested inside
-  `optax.chain`, `optax.inject_hyperparams` or `optax.MultiSteps`. For a state with
-  no extrapolation (e.g. mini-batch SGD) the parameters are the shared point and
-  are returned unchanged. Works on per-worker stacked trees too.
+  The parameters a worker holds are its extrapolation point :math:`z^k_t`;
+  the model being trained is the shared point :math:`y_t`, which the state of
+  every extrapolated transformation stores. Evaluating ``params`` directly
+  silently evaluates worker :math:`k`'s perturbed point: evaluate (and export)
+  ``evaluation_params(params, opt_state)``. To resume training, checkpoint
+  ``params`` and ``opt_state`` themselves, per worker (`check_per_worker`).
+  This finds it in any state of this
+  package, also nested inside `optax.chain`, `optax.inject_hyperparams` or
+  `optax.MultiSteps`. For a state with no extrapolation (e.g. `minibatch_sgd`)
+  the parameters are the shared point and are returned unchanged. Works on
+  per-worker stacked trees too (`Workers.evaluation_params` unstacks them).
 
   Args:
     params: the parameters the worker holds (its extrapolation point).
     state: the optimizer state that `update` returned with them.
 
   Returns:
-    y_t, a tree like `params`.
+    :math:`y_t`, a tree like `params`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import extrap_optax
+    >>> tx = extrap_optax.extrap_sgd(0.1, extrapolation_rate=1.0, momentum=0.0)
+    >>> params = jnp.array([1.0])
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(jnp.array([2.0]), state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> y = extrap_optax.evaluation_params(params, state)
+    >>> print(f"y = {float(y[0]):.1f}, z = {float(params[0]):.1f}")
+    y = 0.8, z = -1.2
+    >>> sgd = extrap_optax.minibatch_sgd(0.1)
+    >>> extrap_optax.evaluation_params(params, sgd.init(params)) is params
+    True
   """
   found = optax.tree_utils.tree_get(state, "ExtrapolationState")
   if found is None:

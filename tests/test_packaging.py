@@ -86,6 +86,12 @@ def test_benchmarks_imports_are_declared():
   assert _third_party_distributions(REPO / "benchmarks") <= declared
 
 
+def test_examples_imports_are_in_the_experiments_extra():
+  extras = PROJECT["optional-dependencies"]
+  declared = _declared(PROJECT["dependencies"]) | _declared(extras["experiments"])
+  assert _third_party_distributions(REPO / "examples") <= declared
+
+
 def test_only_the_library_is_packaged():
   find = PYPROJECT["tool"]["setuptools"]["packages"]["find"]
   assert find["include"] == ["extrap_optax", "extrap_optax.*"]

@@ -7,8 +7,9 @@ hence the separate processes. Arguments after `--` go to every benchmark, e.g.
 `--profile` and `--xla-sweep` the operation profile and the XLA flag sweep to
 the throughput benchmark.
 
-Writes `benchmarks/results/<date>-<device>.md` and `.json`, joining the
-per-benchmark files of this run.
+Writes `benchmarks/results/<date>-<device>.md` and `.json` (or into `--out-dir`),
+joining the per-benchmark files of this run. Run it from the repository root:
+the benchmarks are part of the checkout, not of the installed library.
 """
 
 import argparse
@@ -30,6 +31,7 @@ def main() -> None:
   parser.add_argument("--profile", action="store_true")
   parser.add_argument("--xla-sweep", action="store_true")
   parser.add_argument("rest", nargs="*", help="arguments for every benchmark")
+  common.add_out_dir_argument(parser)
   args = parser.parse_args()
   written = []
   for name in args.only:
@@ -37,14 +39,15 @@ def main() -> None:
              "throughput": (["--profile"] if args.profile else [])
                            + (["--xla-sweep"] if args.xla_sweep else [])}.get(name, [])
     output = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{name}", *extra, *args.rest],
+        [sys.executable, "-m", f"benchmarks.{name}", *extra,
+         "--out-dir", str(args.out_dir), *args.rest],
         check=True, capture_output=True, text=True).stdout
     print(output)
     line = next(l for l in output.splitlines() if l.startswith("wrote "))
     written.append(line[len("wrote "):].split(" and ")[0])
   date = datetime.date.today().isoformat()
   tag = json.loads(open(written[0][:-3] + ".json").read())["device"]["tag"]
-  stem = common.RESULTS_DIR / f"{date}-{tag}"
+  stem = args.out_dir / f"{date}-{tag}"
   stem.with_suffix(".md").write_text(
       f"# extrap_optax benchmarks, {date}, {tag}\n\n"
       + "\n".join(open(path).read() for path in written))

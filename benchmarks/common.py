@@ -12,6 +12,7 @@ when the spread over repeats is smaller than the difference it claims.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -25,7 +26,21 @@ from typing import Any
 
 import numpy as np
 
+# The benchmarks run from a checkout of the repository (they are not installed),
+# so their results land in the checkout unless `--out-dir` says otherwise.
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def add_out_dir_argument(parser: argparse.ArgumentParser) -> None:
+  """Adds `--out-dir`, the directory for the result files."""
+  parser.add_argument(
+      "--out-dir", type=pathlib.Path, default=RESULTS_DIR,
+      help="where to write the result files (default: benchmarks/results/)")
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+  """The command-line settings to record with the results (not where they go)."""
+  return {k: v for k, v in vars(args).items() if k != "out_dir"}
 
 
 def use_fake_cpu_devices(count: int = 8) -> None:

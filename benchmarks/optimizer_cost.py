@@ -62,7 +62,7 @@ def sgd_candidates() -> dict[str, tuple[optax.GradientTransformation, int]]:
 def adam_candidates() -> dict[str, tuple[optax.GradientTransformation, int]]:
   """name -> (transformation, floor in parameter-sized buffers moved)."""
   return {
-      "optax.adam": (optax.adam(1e-3, b1=0.9, b2=0.98, eps=1e-9), 7),
+      "optax.adam": (optax.adam(1e-3), 7),
       "adam (library)": (extrap_optax.adam(1e-3), 7),
       "extrap_adam": (extrap_optax.extrap_adam(1e-3, extrapolation_rate=1e-3 / 32), 9),
   }
@@ -183,6 +183,7 @@ def main(argv=None) -> None:
   parser.add_argument("--large-rounds", type=int, default=7)
   parser.add_argument("--min-block-s", type=float, default=0.02,
                       help="minimum seconds per timed block of one candidate")
+  common.add_out_dir_argument(parser)
   args = parser.parse_args(argv)
   print(f"device: {jax.devices()[0]}")
 
@@ -208,7 +209,7 @@ def main(argv=None) -> None:
           "rounds. XLA bytes accessed: `compile().cost_analysis()['bytes accessed']`, "
           "which counts every fusion's operands and results (random-number "
           "temporaries included); state: optimizer state bytes in parameter buffers."))],
-      settings=vars(args))
+      settings=common.settings_of(args), out_dir=args.out_dir)
 
 
 if __name__ == "__main__":

@@ -332,6 +332,7 @@ def main(argv=None) -> None:
                       help="also compare XLA flag sets (subprocesses, minutes)")
   parser.add_argument("--sweep-repeats", type=int, default=2)
   parser.add_argument("--sweep-worker", action="store_true", help=argparse.SUPPRESS)
+  common.add_out_dir_argument(parser)
   args = parser.parse_args(argv)
   batch = trees.cifar_batch(args.batch)
   if args.sweep_worker:
@@ -387,7 +388,7 @@ def main(argv=None) -> None:
           baseline_cpu_times=cpu[XLA_KERNEL_GRAD],
           note="the kernel gradient in batch chunks of 16 on CPU"))
   sections = [("Notes", " ".join(notes))]
-  settings = vars(args)
+  settings = common.settings_of(args)
   if args.profile and jax.default_backend() == "cpu":
     table, breakdowns = profile_section({
         "chunked kernel gradient (default)": resnet["JAX one device"],
@@ -409,7 +410,7 @@ def main(argv=None) -> None:
         "the ratio is unpaired, so drift between processes is in it.")))
     settings = {**settings, "xla_sweep_seconds": samples}
   common.write_results(NAME, "Training throughput, JAX against PyTorch", results,
-                       sections=sections, settings=settings)
+                       sections=sections, settings=settings, out_dir=args.out_dir)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ def main(argv=None) -> None:
   parser.add_argument("--batch", type=int, default=128, help="global batch")
   parser.add_argument("--workers", type=int, default=8, help="K for the Workers case")
   parser.add_argument("--backend", default="shard_map")
+  common.add_out_dir_argument(parser)
   args = parser.parse_args(argv)
   print(f"device: {jax.devices()[0]} ({len(jax.devices())} devices)")
 
@@ -105,7 +106,7 @@ def main(argv=None) -> None:
         goal_fn=lambda r: r >= 0.97, cpu_times=cpu["extrap_sgd"],
         baseline_cpu_times=cpu["minibatch_sgd"]))
   common.write_results(NAME, "EXTRAP-SGD against mini-batch SGD, ResNet-20 train step",
-                       results, settings=vars(args))
+                       results, settings=common.settings_of(args), out_dir=args.out_dir)
 
 
 if __name__ == "__main__":

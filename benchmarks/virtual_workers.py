@@ -128,6 +128,7 @@ def main(argv=None) -> None:
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--skip-vmap", action="store_true",
                       help="leave out the slow 'vmap' backend (all K on one device)")
+  common.add_out_dir_argument(parser)
   args = parser.parse_args(argv)
   devices = jax.devices()
   print(f"device: {devices[0]} ({len(devices)} devices)")
@@ -185,7 +186,7 @@ def main(argv=None) -> None:
   common.write_results(
       NAME, "Virtual workers: K x B on D devices against one worker at batch K·B",
       results, sections=[("Projected Table-1 wall time", projection)],
-      settings=vars(args))
+      settings=common.settings_of(args), out_dir=args.out_dir)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from extrap_optax._src.sgd import minibatch_sgd
 from extrap_optax._src.sgd import nesterov_sgd
 from extrap_optax._src.sgd import noise_extrap_sgd
 from extrap_optax._src.smoothness import smoothness_probe
+from extrap_optax._src.workers import check_per_worker
 from extrap_optax._src.workers import Workers
 
 __version__ = "0.1.0"
@@ -48,6 +49,7 @@ __all__ = (
     "adam",
     "adam_moment_extrapolation",
     "all_reduce_mean",
+    "check_per_worker",
     "constant_after_warmup",
     "evaluation_params",
     "extrap_adam",

@@ -35,6 +35,25 @@ def test_rate_zero_equals_optax_adam_bit_for_bit():
     np.testing.assert_array_equal(params["x"], ref_params["x"])
 
 
+@pytest.mark.parametrize("transform", ["adam", "extrap_adam"])
+def test_defaults_are_optax_adam_defaults(transform):
+  """Swapping optax.adam(lr) for ours changes nothing: β2 = 0.999, ε = 1e-8."""
+  a, b = quadratic(seed=3)
+  grad = lambda x: {"x": a.astype(np.float32) @ x["x"] - b.astype(np.float32)}
+  tx = (extrap_optax.adam(LR) if transform == "adam"
+        else extrap_optax.extrap_adam(LR, extrapolation_rate=0.0))
+  ref = optax.adam(LR)
+  params = ref_params = {"x": jnp.ones(5, jnp.float32)}
+  state, ref_state = tx.init(params), ref.init(ref_params)
+  with jax.disable_jit():
+    for _ in range(10):
+      updates, state = tx.update(grad(params), state, params)
+      params = optax.apply_updates(params, updates)
+      ref_updates, ref_state = ref.update(grad(ref_params), ref_state, ref_params)
+      ref_params = optax.apply_updates(ref_params, ref_updates)
+      np.testing.assert_array_equal(params["x"], ref_params["x"])
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_rate_zero_equals_averaged_adam_over_workers(jit):
   """Bit for bit op by op; under jit XLA may fuse the two programs differently."""
@@ -69,7 +88,7 @@ def test_rate_zero_equals_averaged_adam_over_workers(jit):
 def test_single_worker_matches_algorithm_3_by_hand(paper_literal):
   """Algorithm 3 with K = 1: x_{t+1/2} = x_t − γ̂·(extrapolation), then an Adam step.
 
-  The main step is the bias-corrected Adam of optax (design notes §5); the
+  The main step is the bias-corrected Adam of optax (docs/algorithms.md, "EXTRAP-ADAM"); the
   extrapolation is the printed formula (paper_literal) or its square-root,
   bias-corrected form.
   """

@@ -429,15 +429,6 @@ def test_negative_extrapolation_rate_schedule_is_named():
     extrap_optax.extrap_sgd(0.1, extrapolation_rate=lambda count: -0.01 + 0 * count)
 
 
-@pytest.mark.parametrize("transform", ["extrap_sgd", "minibatch_sgd"])
-def test_weight_decay_mask_structure_is_checked_at_init(transform):
-  tx = getattr(extrap_optax, transform)(
-      0.1, **({"extrapolation_rate": 0.01} if transform == "extrap_sgd" else {}),
-      weight_decay=1e-4, weight_decay_mask={"w": True})
-  with pytest.raises(ValueError, match="`weight_decay_mask`"):
-    tx.init(_PARAMS)
-
-
 @pytest.mark.parametrize("make", [
     lambda axis: extrap_optax.extrap_sgd(0.1, extrapolation_rate=0.01, axis_name=axis),
     lambda axis: extrap_optax.noise_extrap_sgd(
@@ -903,3 +894,125 @@ def test_trainer_rejects_bad_extrapolation_scaling(changes, match):
   learning_rate = train.make_schedule(config, 4, 40)
   with pytest.raises(ValueError, match=match):
     train.make_optimizer(config, learning_rate, 4, 40, axis_name=None)
+
+
+# Heavy-ball momentum (`nesterov=False`).
+
+def _heavy_ball_extrap_sgd(a, b, x0, lr, extrapolation_rate, momentum, num_steps):
+  """EXTRAP-SGD on a heavy-ball base in float64, in the PyTorch momentum form:
+
+  z^k_t = y_t − γ̂ g^k_{t−1} (z^k_0 = y_0), ḡ_t = mean_k ∇f_k(z^k_t),
+  b_t = u b_{t−1} + ḡ_t, y_{t+1} = y_t − γ b_t. Returns (y_t, z_t) per step.
+  """
+  y, buf, previous = x0.copy(), np.zeros_like(x0), None
+  trajectory = []
+  for _ in range(num_steps):
+    z = np.stack([y if previous is None else y - extrapolation_rate * previous[k]
+                  for k in range(K)])
+    trajectory.append((y, z))
+    grads = [_least_squares_grad(z[k], a[k], b[k]) for k in range(K)]
+    buf = momentum * buf + sum(grads) / K
+    y = y - lr * buf
+    previous = grads
+  return trajectory
+
+
+def test_heavy_ball_extrap_sgd_matches_numpy():
+  a, b, x0 = _least_squares_problem()
+  tx = extrap_optax.extrap_sgd(0.1, extrapolation_rate=0.05, momentum=0.9,
+                               nesterov=False, axis_name=AXIS)
+  step = _vmapped_step(tx, _least_squares_loss)
+  params = _stack(x0.astype(np.float32), K)
+  state = jax.vmap(tx.init)(params)
+  data = (jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+  expected = _heavy_ball_extrap_sgd(a, b, x0, 0.1, 0.05, 0.9, 15)
+  for t, (y, z) in enumerate(expected):
+    np.testing.assert_allclose(params, z, rtol=1e-5, atol=1e-6, err_msg=f"z at t={t}")
+    np.testing.assert_allclose(extrap_optax.evaluation_params(params, state)[0], y,
+                               rtol=1e-5, atol=1e-6, err_msg=f"y at t={t}")
+    params, state = step(params, state, data)
+
+
+@pytest.mark.parametrize("transform", ["extrap_sgd", "minibatch_sgd", "post_local_sgd"])
+def test_one_worker_heavy_ball_is_optax_sgd_bit_for_bit(transform):
+  params, (inputs, targets) = _mlp_problem(1)
+  data = (inputs[0], targets[0])
+  reference = optax.sgd(0.1, momentum=0.9, nesterov=False)
+  hp = dict(momentum=0.9, nesterov=False)
+  tx = {"extrap_sgd": lambda: extrap_optax.extrap_sgd(0.1, extrapolation_rate=0.0, **hp),
+        "minibatch_sgd": lambda: extrap_optax.minibatch_sgd(0.1, **hp),
+        "post_local_sgd": lambda: extrap_optax.post_local_sgd(
+            0.1, start_step=100, sync_period=2, **hp)}[transform]()
+
+  def make_step(tx):
+    def step(params, state, data):
+      updates, state = tx.update(jax.grad(_mlp_loss)(params, *data), state, params)
+      return optax.apply_updates(params, updates), state
+    return step
+
+  with jax.disable_jit():
+    got, expected = [_trajectory(make_step(t), params, t.init(params), data, 6)
+                     for t in (tx, reference)]
+  for t, (step_got, step_expected) in enumerate(zip(got, expected)):
+    for name in params:
+      np.testing.assert_array_equal(step_got[name], step_expected[name], f"step {t}")
+
+
+def test_nesterov_must_be_a_bool():
+  with pytest.raises(ValueError, match="`nesterov` must be True or False"):
+    extrap_optax.extrap_sgd(0.1, extrapolation_rate=0.01, nesterov="yes")
+
+
+# Masks: one check when the optimizer is built, the structure at init.
+
+_MASKED_FACTORIES = {
+    "minibatch_sgd": lambda **kw: extrap_optax.minibatch_sgd(0.1, **kw),
+    "extrap_sgd": lambda **kw: extrap_optax.extrap_sgd(0.1, extrapolation_rate=0.01, **kw),
+    "trust_ratio": lambda **kw: extrap_optax.extrap_sgd(
+        0.1, extrapolation_rate=0.01, extrapolation_scaling="trust_ratio", **kw),
+    "post_local_sgd": lambda **kw: extrap_optax.post_local_sgd(
+        0.1, start_step=10, sync_period=2, **kw),
+    "larc_sgd": lambda **kw: extrap_optax.larc_sgd(0.1, **kw),
+}
+
+
+@pytest.mark.parametrize("factory", sorted(_MASKED_FACTORIES))
+def test_a_mask_that_is_not_a_mask_fails_when_the_optimizer_is_built(factory):
+  with pytest.raises(ValueError, match=r"`weight_decay_mask` must be None, True/False"
+                                       r"(.|\n)*float(.|\n)*p.ndim >= 2"):
+    _MASKED_FACTORIES[factory](weight_decay=1e-2, weight_decay_mask={"w": 1.0, "b": 0.0})
+
+
+@pytest.mark.parametrize("factory", sorted(_MASKED_FACTORIES))
+def test_a_mask_that_does_not_match_the_params_fails_at_init(factory):
+  tx = _MASKED_FACTORIES[factory](weight_decay=1e-2, weight_decay_mask={"w": True})
+  with pytest.raises(ValueError, match=r"`weight_decay_mask` must have the same tree"):
+    tx.init(_PARAMS)
+
+
+@pytest.mark.parametrize("factory", ["minibatch_sgd", "extrap_sgd", "post_local_sgd"])
+def test_mask_true_decays_every_tensor(factory):
+  """True is accepted by every optimizer: the shared point steps as with optax's
+  add_decayed_weights, unmasked (biases decayed too)."""
+  params, (inputs, targets) = _mlp_problem(1)
+  grads = jax.grad(_mlp_loss)(params, inputs[0], targets[0])
+  tx = _MASKED_FACTORIES[factory](weight_decay=1e-2, weight_decay_mask=True)
+  reference = optax.chain(optax.add_decayed_weights(1e-2),
+                          optax.sgd(0.1, momentum=0.9, nesterov=True))
+  with jax.disable_jit():
+    updates, state = tx.update(grads, tx.init(params), params)
+    shared = extrap_optax.evaluation_params(optax.apply_updates(params, updates), state)
+    expected = optax.apply_updates(
+        params, reference.update(grads, reference.init(params), params)[0])
+  for name in params:
+    np.testing.assert_array_equal(shared[name], expected[name])
+
+
+@pytest.mark.parametrize(("kwargs", "fix"), [
+    (dict(momentum=1.0), r"`momentum` must lie in \[0, 1\)(.|\n)*The paper uses 0.9"),
+    (dict(extrapolation_rate=-0.01), r"`extrapolation_rate` must be non-negative"
+                                     r"(.|\n)*Pass a value >= 0"),
+])
+def test_bad_hyperparameters_name_the_fix(kwargs, fix):
+  with pytest.raises(ValueError, match=fix):
+    extrap_optax.extrap_sgd(0.1, **({"extrapolation_rate": 0.01} | kwargs))

@@ -286,7 +286,9 @@ def test_mismatched_mask(name):
   tx = lars.scale_by_larc(0.1, **{name: lambda p: [True, False]})
   with pytest.raises(ValueError, match=name):
     tx.init(params)
-  tx = lars.scale_by_larc(0.1, **{name: {"a": 1.0, "b": 0.0}})
+  with pytest.raises(ValueError, match=f"`{name}` must be None, True/False"):
+    lars.scale_by_larc(0.1, **{name: {"a": 1.0, "b": 0.0}})
+  tx = lars.scale_by_larc(0.1, **{name: lambda p: {"a": 1.0, "b": 0.0}})
   with pytest.raises(ValueError, match=f"`{name}` leaves must be static"):
     tx.init(params)
 

@@ -95,7 +95,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Post-local SGD: t0 in epochs (negative: the first learning-rate decay), H.
   config.optimizer.local_start_epoch = -1.0
   config.optimizer.sync_period = 8
-  # Adam / EXTRAP-ADAM (Transformer, App. C).
+  # Adam / EXTRAP-ADAM: the paper's Transformer values (App. C), set here
+  # because the library's defaults are optax's (b2=0.999, eps=1e-8).
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.98
   config.optimizer.eps = 1e-9

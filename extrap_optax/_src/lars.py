@@ -3,7 +3,7 @@
 The paper (App. C) applies LARS "as in NVIDIA apex" with the default trust
 coefficient 0.02; apex's `LARC` wraps a `torch.optim.SGD` and, per parameter
 tensor, rescales the gradient before the wrapped optimizer's momentum step. This
-module reproduces that computation as an optax transformation.
+module reproduces that computation as an optax transformation (see :ref:`lars`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from extrap_optax._src import validation
@@ -22,7 +21,7 @@ Mask = Any | Callable[[optax.Params], Any]
 
 
 class ScaleByLarcState(NamedTuple):
-  """State of `scale_by_larc`.
+  """The state of `scale_by_larc`.
 
   Attributes:
     count: number of updates taken so far (int32); the learning-rate schedule
@@ -34,34 +33,30 @@ class ScaleByLarcState(NamedTuple):
 def matrices_only(params: optax.Params) -> Any:
   """True for parameter arrays with at least 2 dimensions (kernels, embeddings).
 
-  The library's default weight-decay mask: biases and normalisation scales and
-  offsets (fewer than 2 dimensions) are not decayed (He et al., 2016; see
-  ALGORITHMS.md §7).
+  The library's default weight-decay mask. **Choice**: biases and
+  normalisation scales and offsets (fewer than 2 dimensions) are not decayed,
+  following He et al. (2016) as the paper does, by shape rather than by name
+  (see :ref:`weight-decay`).
 
   Args:
     params: a pytree of arrays.
 
   Returns:
     A pytree of Python bools with the structure of `params`.
+
+  References:
+    He et al., `Deep Residual Learning for Image Recognition
+    <https://arxiv.org/abs/1512.03385>`__, CVPR 2016.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import extrap_optax
+    >>> params = {"kernel": jnp.ones((3, 3, 16, 32)), "bias": jnp.zeros(32),
+    ...           "scale": jnp.ones(32)}
+    >>> extrap_optax.matrices_only(params)
+    {'bias': False, 'kernel': True, 'scale': False}
   """
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
-
-
-def _resolve_mask(name: str, mask: Mask | None, params: optax.Params) -> Any:
-  """The mask as a pytree of Python bools with the structure of `params`."""
-  if mask is None:
-    mask = True
-  tree = mask(params) if callable(mask) else mask
-  if isinstance(tree, (bool, np.bool_)):
-    return jax.tree.map(lambda _: bool(tree), params)
-  validation.check_mask_matches(name, tree, params)
-  leaves = jax.tree.leaves(tree)
-  if not all(isinstance(m, (bool, np.bool_)) for m in leaves):
-    raise ValueError(
-        f"`{name}` leaves must be static Python booleans (True where the "
-        f"transformation applies), got {[type(m).__name__ for m in leaves]}. "
-        "Build it with e.g. `jax.tree.map(lambda p: p.ndim >= 2, params)`.")
-  return jax.tree.map(bool, tree)
 
 
 def _norm(x: jax.Array) -> jax.Array:
@@ -83,7 +78,7 @@ def scale_by_larc(
   r"""Coupled weight decay and LARC scaling, exactly as NVIDIA apex `LARC`.
 
   For every parameter tensor :math:`w` with gradient :math:`g` (the gradient
-  already averaged over workers; ALGORITHMS.md §6), with :math:`\gamma_t` the
+  already averaged over workers, a **choice**: see :ref:`lars`), with :math:`\gamma_t` the
   learning rate of this step, :math:`\tilde\gamma` the trust coefficient and
   :math:`\lambda` the weight decay:
 
@@ -166,19 +161,35 @@ def scale_by_larc(
 
   References:
     You et al., `Large Batch Training of Convolutional Networks
-    <https://arxiv.org/abs/1708.03888>`_, 2017.
-    NVIDIA apex, ``apex/parallel/LARC.py``.
-    Lin et al., Extrapolation for Large-batch Training in Deep Learning,
-    ICML 2020, App. C.
+    <https://arxiv.org/abs/1708.03888>`__, 2017.
+    NVIDIA apex, `apex/parallel/LARC.py
+    <https://github.com/NVIDIA/apex/blob/master/apex/parallel/LARC.py>`__.
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, App. C.
+
+  Examples:
+    One tensor, trust ratio :math:`r = 0.02 \cdot 5 / 50 = 0.002`, clipped at
+    :math:`\gamma = 0.1`: the gradient is scaled by :math:`r / \gamma = 0.02`.
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import extrap_optax
+    >>> tx = extrap_optax.scale_by_larc(0.1, trust_coefficient=0.02)
+    >>> w, g = jnp.array([3.0, 4.0]), jnp.array([30.0, 40.0])
+    >>> d, _ = tx.update(g, tx.init(w), w)
+    >>> print(np.asarray(d).round(4))
+    [0.6 0.8]
   """
   validation.check_non_negative("learning_rate", learning_rate)
   validation.check_non_negative("trust_coefficient", trust_coefficient)
   validation.check_non_negative("weight_decay", weight_decay)
   validation.check_non_negative("eps", eps)
+  validation.check_mask("weight_decay_mask", weight_decay_mask)
+  validation.check_mask("mask", mask)
 
   def init_fn(params):
-    _resolve_mask("weight_decay_mask", weight_decay_mask, params)
-    _resolve_mask("mask", mask, params)
+    validation.resolve_mask("weight_decay_mask", weight_decay_mask, params)
+    validation.resolve_mask("mask", mask, params)
     return ScaleByLarcState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
@@ -186,8 +197,9 @@ def scale_by_larc(
       raise ValueError(
           "scale_by_larc needs the current parameters (the norms ||w|| and the "
           "weight decay use them): call `update(grads, state, params)`.")
-    decay_tree = _resolve_mask("weight_decay_mask", weight_decay_mask, params)
-    larc_tree = _resolve_mask("mask", mask, params)
+    decay_tree = validation.resolve_mask(
+        "weight_decay_mask", weight_decay_mask, params)
+    larc_tree = validation.resolve_mask("mask", mask, params)
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
 
     def leaf(g, w, decayed, scaled):
@@ -230,7 +242,8 @@ def larc_sgd(
     w_{t+1} = w_t - \gamma_t (d_t + u\, b_t) \ \text{(Nesterov)}
     \ \text{or}\ w_t - \gamma_t b_t,
 
-  the PyTorch momentum convention (ALGORITHMS.md §1) with `scale_by_larc`
+  the PyTorch momentum convention (see :ref:`momentum-convention`) with
+  `scale_by_larc`
   giving :math:`d_t`. Equal to apex ``LARC(torch.optim.SGD(params, lr,
   momentum, nesterov=nesterov, weight_decay=weight_decay),
   trust_coefficient, clip, eps)`` when the torch parameter groups carry the
@@ -244,8 +257,8 @@ def larc_sgd(
     weight_decay: see `scale_by_larc`.
     weight_decay_mask: see `scale_by_larc`, except that None (the default)
       means `matrices_only`: no decay on tensors with fewer than 2 dimensions
-      (biases, normalisation parameters; ALGORITHMS.md §7). Pass True to decay
-      every tensor. (The default is not the callable itself because
+      (biases, normalisation parameters; see :ref:`weight-decay`). Pass True
+      to decay every tensor. (The default is not the callable itself because
       `optax.inject_hyperparams` would take it for a schedule.)
     clip: see `scale_by_larc`.
     eps: see `scale_by_larc`.
@@ -253,6 +266,29 @@ def larc_sgd(
 
   Returns:
     An `optax.GradientTransformation` whose `update` requires `params`.
+
+  Raises:
+    ValueError: for a `momentum` outside [0, 1) or a negative coefficient
+      (named).
+
+  References:
+    You et al., `Large Batch Training of Convolutional Networks
+    <https://arxiv.org/abs/1708.03888>`__, 2017.
+    NVIDIA apex, `apex/parallel/LARC.py
+    <https://github.com/NVIDIA/apex/blob/master/apex/parallel/LARC.py>`__.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import optax
+    >>> import extrap_optax
+    >>> tx = extrap_optax.larc_sgd(0.1, momentum=0.9, trust_coefficient=0.02)
+    >>> params = {"kernel": jnp.array([[3.0], [4.0]])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"kernel": jnp.array([[30.0], [40.0]])},
+    ...                            state, params)
+    >>> print(np.asarray(updates["kernel"].ravel()).round(4))   # −γ(1 + u)·d
+    [-0.114 -0.152]
   """
   validation.check_momentum(momentum)
   return optax.chain(

@@ -1,23 +1,23 @@
-"""Perturbation sources ζ^k of the extrapolated-SGD framework (paper §3.2).
+r"""Perturbation sources :math:`\zeta^k` of the extrapolated-SGD framework (paper §3.2).
 
-Every worker k evaluates its gradient at the extrapolated point
-z^k_t = y_t − γ̂_t · ζ^k_t. A perturbation source computes ζ^k_{t+1} at the end of
-step t, when the local gradient g^k_t, the averaged gradient ḡ_t and the new shared
-point y_{t+1} are all at hand. Computing it there (instead of at the start of the
-next step) is why no source needs memory of its own: the anisotropic source needs
-last step's ḡ, which is still in hand, and no extra collective.
+Every worker :math:`k` takes its gradient at the extrapolated point
+:math:`z^k_t = y_t - \hat\gamma_t \zeta^k_t`. A perturbation source computes
+:math:`\zeta^k_{t+1}` at the end of step :math:`t`, from a
+`PerturbationContext`, so no source needs memory of its own (see
+:ref:`perturbation-timing`):
 
-| source                         | ζ^k_{t+1}                                             |
-| ------------------------------ | ----------------------------------------------------- |
-| `past_gradient`                | g^k_t (EXTRAP-SGD, Algorithm 1)                       |
-| `past_gradient("trust_ratio")` | ‖y_j‖ · g^k_j / (‖g^k_j‖ + λ_j‖y_j‖ + ε) per tensor j |
-| `filterwise_noise`             | ‖y_j‖ · ξ_j / ‖ξ_j‖ per filter j, ξ per worker        |
-| `filterwise_noise(shared)`     | the same draw on every worker (SmoothOut)             |
-| `gradient_noise`               | g^k_t − ḡ_t (anisotropic)                             |
+=============================== ================================================
+source                          :math:`\zeta^k_{t+1}`
+=============================== ================================================
+`past_gradient`                 :math:`g^k_t` (EXTRAP-SGD, Algorithm 1)
+``past_gradient("trust_ratio")`` :math:`g^k_t` scaled per tensor like a LARS step
+`filterwise_noise`              :math:`\|y_j\| \xi_j / \|\xi_j\|` per filter, per worker
+`smoothout_noise`               the same draw on every worker (SmoothOut)
+`gradient_noise`                :math:`g^k_t - \bar g_t` (anisotropic)
+=============================== ================================================
 
-Randomness is derived from a seed, the step count and the worker index with
-`jax.random.fold_in`, so nothing random is stored per worker and a run is
-reproducible from its step number alone.
+Random sources derive their keys from a seed, the step and the worker index
+(see :ref:`randomness`).
 """
 
 from __future__ import annotations
@@ -33,18 +33,20 @@ from extrap_optax._src import validation
 
 
 class PerturbationContext(NamedTuple):
-  """What a perturbation source may look at when forming ζ^k_{t+1}.
+  r"""What a perturbation source may look at when forming :math:`\zeta^k_{t+1}`.
 
   Attributes:
-    local_grads: g^k_t, this worker's gradient at its extrapolated point.
-    mean_grads: ḡ_t, the gradient averaged over workers (equal to `local_grads`
-      on local steps of post-local SGD).
-    params: y_t, the shared point the step started from.
-    next_params: y_{t+1}, the shared point after the step.
+    local_grads: :math:`g^k_t`, this worker's gradient at its extrapolated
+      point.
+    mean_grads: :math:`\bar g_t`, the gradient averaged over workers (equal to
+      `local_grads` on the local steps of post-local SGD).
+    params: :math:`y_t`, the shared point the step started from.
+    next_params: :math:`y_{t+1}`, the shared point after the step, where
+      :math:`\zeta` will be used.
     base_state: the base transformation's state before the step.
     next_base_state: the base transformation's state after the step.
-    next_count: t + 1, the step at which ζ will be used.
-    worker_index: k, this worker's index over the worker axes.
+    next_count: :math:`t + 1`, the step at which :math:`\zeta` will be used.
+    worker_index: :math:`k`, this worker's index over the worker axes.
   """
   local_grads: optax.Updates
   mean_grads: optax.Updates
@@ -57,10 +59,30 @@ class PerturbationContext(NamedTuple):
 
 
 class Perturbation(Protocol):
-  """Maps a `PerturbationContext` to the perturbation direction ζ (a params-like tree)."""
+  r"""A perturbation source: a `PerturbationContext` to a direction :math:`\zeta`.
+
+  Any callable of this signature is a source for `extrapolate`,
+  `extrapolated_sgd` and `post_local_sgd`; the offset of the next step is
+  :math:`-\hat\gamma_{t+1} \zeta`. It runs inside the jitted update.
+
+  Examples:
+    A custom source: the past gradient's sign.
+
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import extrap_optax
+    >>> def sign_of_gradient(context):
+    ...   return jax.tree.map(jnp.sign, context.local_grads)
+    >>> tx = extrap_optax.extrapolated_sgd(
+    ...     0.5, perturbation=sign_of_gradient, extrapolation_rate=0.25,
+    ...     momentum=0.0)
+    >>> params = jnp.array([1.0, 1.0])
+    >>> updates, state = tx.update(jnp.array([4.0, -2.0]), tx.init(params), params)
+    >>> print(optax.apply_updates(params, updates).tolist())   # y_1 - 0.25 sign(g)
+    [-1.25, 2.25]
+  """
 
   def __call__(self, context: PerturbationContext) -> optax.Updates:
-    ...
+    r"""The direction :math:`\zeta^k_{t+1}`, a tree like the parameters."""
 
 
 PAST_GRADIENT_SCALINGS = ("none", "trust_ratio")
@@ -90,8 +112,9 @@ def past_gradient(
   :math:`\|y_j\| = 0` or :math:`\|g_j\| = 0` is left unscaled,
   :math:`\zeta_j = g_j`.
 
-  The paper leaves the scale of the extrapolation ambiguous. §3.1 and
-  Remark 4.5 take the raw gradient with :math:`\hat\gamma \approx \gamma/K`,
+  The paper leaves the scale of the extrapolation ambiguous (see
+  :ref:`extrapolation-scale`). The paper's §3.1 and Remark 4.5 take the raw
+  gradient with :math:`\hat\gamma \approx \gamma/K`,
   the learning rate of small-batch training ("none", the default, Algorithm
   1). App. C.1 tunes :math:`\hat\gamma` "by scaling the
   :math:`\tilde\gamma/K`", with :math:`\tilde\gamma` the LARS trust
@@ -108,9 +131,10 @@ def past_gradient(
   denominator, as in LARC's trust ratio. The norms are computed in at least
   float32; ζ has the gradient's dtype.
 
-  **Choice** (raw gradient): ζ is formed from the local gradient after
-  whatever the user chained before the optimizer on each worker (such as the
-  LSTM's gradient clipping).
+  **Choice**: :math:`\zeta` is formed from the local gradient as passed to
+  `update`, after whatever the user chained before the optimizer on each
+  worker, such as the LSTM's gradient clipping (see
+  :ref:`extrapolated-gradient`).
 
   Args:
     scaling: "none" (ζ = g, default) or "trust_ratio" (ζ scaled per tensor as
@@ -132,16 +156,31 @@ def past_gradient(
       whose structure does not match the params.
 
   References:
-    Lin et al., Extrapolation for Large-batch Training in Deep Learning,
-    ICML 2020, §3.1, Remark 4.5 and App. C.1.
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, §3.1, Remark 4.5 and
+    App. C.1.
     You et al., `Large Batch Training of Convolutional Networks
-    <https://arxiv.org/abs/1708.03888>`_, 2017.
+    <https://arxiv.org/abs/1708.03888>`__, 2017.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import extrap_optax
+    >>> context = extrap_optax.PerturbationContext(
+    ...     local_grads={"w": jnp.array([3.0, 4.0])}, mean_grads=None,
+    ...     params=None, next_params={"w": jnp.array([0.0, 10.0])},
+    ...     base_state=None, next_base_state=None, next_count=1, worker_index=0)
+    >>> print(extrap_optax.past_gradient()(context)["w"].tolist())
+    [3.0, 4.0]
+    >>> scaled = extrap_optax.past_gradient("trust_ratio", eps=0.0)(context)
+    >>> print(scaled["w"].tolist())   # ‖y‖ / ‖g‖ = 10 / 5
+    [6.0, 8.0]
   """
   if scaling not in PAST_GRADIENT_SCALINGS:
     raise ValueError(
         f"`scaling` must be one of {PAST_GRADIENT_SCALINGS}, got {scaling!r}.")
   validation.check_non_negative("weight_decay", weight_decay)
   validation.check_non_negative("eps", eps)
+  validation.check_mask("weight_decay_mask", weight_decay_mask)
 
   if scaling == "none":
     def direction(context: PerturbationContext) -> optax.Updates:
@@ -158,7 +197,7 @@ def past_gradient(
     return out.astype(g.dtype)
 
   def direction(context: PerturbationContext) -> optax.Updates:
-    decay_tree = lars._resolve_mask(
+    decay_tree = validation.resolve_mask(
         "weight_decay_mask", weight_decay_mask, context.next_params)
     return jax.tree.map(
         scaled, context.local_grads, context.next_params, decay_tree)
@@ -167,10 +206,36 @@ def past_gradient(
 
 
 def gradient_noise() -> Perturbation:
-  """ζ^k_{t+1} = g^k_t − ḡ_t: anisotropic stochastic-gradient noise.
+  r"""Anisotropic stochastic-gradient noise: the local minus the averaged gradient.
 
-  ḡ_t is the averaged gradient that the step has just computed, so this source adds
-  no communication to mini-batch SGD (Kleinberg et al., 2018; Haruki et al., 2019).
+  .. math::
+
+    \zeta^k_{t+1} = g^k_t - \bar g_t.
+
+  :math:`\bar g_t` is the averaged gradient that the step has just computed,
+  so this source adds no communication to mini-batch SGD.
+
+  Returns:
+    A `Perturbation`.
+
+  References:
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, §3.2.
+    Kleinberg et al., `An Alternative View: When Does SGD Escape Local
+    Minima? <https://arxiv.org/abs/1802.06175>`__, ICML 2018.
+    Haruki et al., `Gradient Noise Convolution (GNC): Smoothing Loss Function
+    for Distributed Large-Batch SGD <https://arxiv.org/abs/1906.10822>`__,
+    2019.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import extrap_optax
+    >>> context = extrap_optax.PerturbationContext(
+    ...     local_grads=jnp.array([3.0, 1.0]), mean_grads=jnp.array([2.0, 2.0]),
+    ...     params=None, next_params=None, base_state=None,
+    ...     next_base_state=None, next_count=1, worker_index=0)
+    >>> print(extrap_optax.gradient_noise()(context).tolist())
+    [1.0, -1.0]
   """
 
   def direction(context: PerturbationContext) -> optax.Updates:
@@ -181,7 +246,7 @@ def gradient_noise() -> Perturbation:
 
 def _filterwise_scaled(
     raw: jax.Array, param: jax.Array, small_params: str) -> jax.Array:
-  """Scales raw noise so that each filter j has the norm ‖param_j‖.
+  """Scales raw noise so that each filter j has the norm of the parameter's filter j.
 
   A filter is a slice along the last axis (Flax kernels are HWIO and [in, out]).
   """
@@ -213,27 +278,64 @@ def filterwise_noise(
     shared_across_workers: bool = False,
     small_params: Literal["none", "elementwise"] = "none",
 ) -> Perturbation:
-  """Isotropic noise scaled filter-wise by the weights (Li et al., 2017).
+  r"""Isotropic noise scaled filter-wise by the weights (Li et al., 2017).
 
-  For the j-th filter of a kernel, ζ_j = ‖y_j‖ · ξ_j / ‖ξ_j‖ with ξ drawn from
-  U(−1, 1) or N(0, 1), so ‖ζ_j‖ = ‖y_j‖ and the extrapolation moves each filter by
-  γ̂·‖y_j‖. The filter axis is the last one (Flax convention: conv HWIO and dense
-  [in, out]; PyTorch's is axis 0).
+  For the :math:`j`-th filter of a kernel, with :math:`\xi` drawn from
+  :math:`U(-1, 1)` or :math:`N(0, 1)`,
+
+  .. math::
+
+    \zeta_j = \|y_j\| \, \frac{\xi_j}{\|\xi_j\|},
+
+  so :math:`\|\zeta_j\| = \|y_j\|` and the extrapolation moves each filter
+  by :math:`\hat\gamma \|y_j\|`. **Choice**: the filter axis is the last one
+  (the Flax convention: convolutions HWIO, dense kernels [in, out]; PyTorch's
+  is axis 0). See :ref:`filterwise-noise`.
 
   Args:
-    seed: base seed, an int or an integer scalar array (so that
-      `optax.inject_hyperparams` may hold it; the same value gives the same
-      draws either way). Worker k at step t uses
-      `fold_in(fold_in(key(seed), t), k)`; nothing random is stored.
-    distribution: "uniform" (U(−1, 1), the paper's "uniform noise") or "gaussian".
-    shared_across_workers: draw one ζ for all workers (SmoothOut, Wen et al. 2018)
-      by leaving the worker index out of the key.
-    small_params: parameters with fewer than 2 dimensions (biases, norm scales):
-      "none" (default, **choice** following Li et al. 2017) leaves them unperturbed;
-      "elementwise" uses ζ_i = |y_i|·sign(ξ_i).
+    seed: the base seed, an int or an integer scalar array (so that
+      ``optax.inject_hyperparams`` may hold it; the same value gives the same
+      draws). Worker :math:`k` at step :math:`t` uses
+      ``fold_in(fold_in(key(seed), t), k)``: nothing random is stored (see
+      :ref:`randomness`).
+    distribution: "uniform" (:math:`U(-1, 1)`, the paper's "uniform noise") or
+      "gaussian".
+    shared_across_workers: draw one :math:`\zeta` for all workers (SmoothOut,
+      Wen et al., 2018) by leaving the worker index out of the key.
+    small_params: parameters with fewer than 2 dimensions (biases, norm
+      scales): "none" (the default, **choice** following Li et al., 2017) leaves
+      them unperturbed; "elementwise" uses
+      :math:`\zeta_i = |y_i| \operatorname{sign}(\xi_i)`.
 
   Returns:
     A `Perturbation`.
+
+  Raises:
+    ValueError: for an unknown `distribution` or `small_params`, or a `seed`
+      that is neither an int nor an integer scalar array.
+
+  References:
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, §3.2.
+    Li et al., `Visualizing the Loss Landscape of Neural Nets
+    <https://arxiv.org/abs/1712.09913>`__, 2017.
+
+  Examples:
+    Every filter (column) of the noise has the norm of the kernel's filter;
+    the bias gets none.
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import extrap_optax
+    >>> y = {"kernel": jnp.array([[3.0, 0.0], [4.0, 2.0]]), "bias": jnp.ones(2)}
+    >>> context = extrap_optax.PerturbationContext(
+    ...     local_grads=None, mean_grads=None, params=None, next_params=y,
+    ...     base_state=None, next_base_state=None, next_count=1, worker_index=0)
+    >>> zeta = extrap_optax.filterwise_noise(seed=0)(context)
+    >>> print(np.linalg.norm(zeta["kernel"], axis=0).round(4))
+    [5. 2.]
+    >>> print(zeta["bias"].tolist())
+    [0.0, 0.0]
   """
   if distribution not in ("uniform", "gaussian"):
     raise ValueError(
@@ -270,7 +372,38 @@ def smoothout_noise(
     distribution: Literal["uniform", "gaussian"] = "uniform",
     small_params: Literal["none", "elementwise"] = "none",
 ) -> Perturbation:
-  """SmoothOut (Wen et al., 2018): filter-wise noise, one draw shared by all workers."""
+  r"""SmoothOut: filter-wise noise, one draw shared by all workers.
+
+  `filterwise_noise` with ``shared_across_workers=True``: every worker
+  perturbs the shared point by the same :math:`\zeta_t`.
+
+  Args:
+    seed: the base seed; step :math:`t` uses ``fold_in(key(seed), t)``.
+    distribution: "uniform" or "gaussian", as in `filterwise_noise`.
+    small_params: "none" or "elementwise", as in `filterwise_noise`.
+
+  Returns:
+    A `Perturbation`.
+
+  References:
+    Wen et al., `SmoothOut: Smoothing Out Sharp Minima to Improve
+    Generalization in Deep Learning <https://arxiv.org/abs/1805.07898>`__,
+    2018.
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, §3.2.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import extrap_optax
+    >>> y = jnp.ones((3, 2))
+    >>> def noise_of(worker):
+    ...   return extrap_optax.smoothout_noise(seed=1)(extrap_optax.PerturbationContext(
+    ...       local_grads=None, mean_grads=None, params=None, next_params=y,
+    ...       base_state=None, next_base_state=None, next_count=1,
+    ...       worker_index=worker))
+    >>> bool(jnp.array_equal(noise_of(0), noise_of(5)))   # one draw for all
+    True
+  """
   return filterwise_noise(
       seed, distribution=distribution, shared_across_workers=True,
       small_params=small_params)

@@ -1,4 +1,4 @@
-"""Learning-rate schedules of the paper's experiments (App. C, ALGORITHMS.md §8).
+"""Learning-rate schedules of the paper's experiments (paper App. C; see :ref:`schedules`).
 
 Every schedule is a plain `optax.Schedule`: a jit-able function of the step
 count built from `jnp` operations, so it can be given to any optax factory or to
@@ -130,9 +130,21 @@ def goyal_schedule(
 
   References:
     Goyal et al., `Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour
-    <https://arxiv.org/abs/1706.02677>`_, 2017.
-    Lin et al., Extrapolation for Large-batch Training in Deep Learning,
-    ICML 2020, §5 and App. C.
+    <https://arxiv.org/abs/1706.02677>`__, 2017.
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, §5 and App. C.
+
+  Examples:
+    :math:`\gamma_0 = 0.1` for one worker's batch, :math:`K = 4`: a warm-up
+    over 2 steps from 0.1 to 0.4, then 0.4, decayed 10× at 50% and 75% of 8
+    steps.
+
+    >>> import extrap_optax
+    >>> schedule = extrap_optax.goyal_schedule(
+    ...     0.1, num_workers=4, local_batch_size=32, steps_per_epoch=2,
+    ...     warmup_epochs=1, total_steps=8)
+    >>> print([round(float(schedule(step)), 4) for step in range(8)])
+    [0.1, 0.25, 0.4, 0.4, 0.04, 0.04, 0.004, 0.004]
   """
   peak, warmup_steps = _goyal_peak_and_warmup(
       base_learning_rate, num_workers, local_batch_size, reference_batch_size,
@@ -178,13 +190,44 @@ def constant_after_warmup(
     steps_per_epoch: int,
     warmup_epochs: float = 5,
 ) -> optax.Schedule:
-  r"""`goyal_schedule` without decay: warmup to :math:`\gamma`, then constant.
+  r"""`goyal_schedule` without decay: warm-up to :math:`\gamma`, then constant.
+
+  .. math::
+
+    \gamma_s = \gamma_0 + (\gamma - \gamma_0)\, s / W \ \ (s < W), \qquad
+    \gamma_s = \gamma = \gamma_0 K B / B_\text{ref} \ \ (s \ge W).
 
   The schedule of the paper's optimisation-speed experiments (Figure 1a) and
-  of WikiText-2 (Figure 2). Arguments as in `goyal_schedule`.
+  of WikiText-2 (Figure 2).
+
+  Args:
+    base_learning_rate: :math:`\gamma_0`, as in `goyal_schedule`.
+    num_workers: :math:`K`.
+    local_batch_size: :math:`B`.
+    reference_batch_size: :math:`B_\text{ref}`; default :math:`B`.
+    steps_per_epoch: optimiser steps per epoch.
+    warmup_epochs: :math:`H`, so :math:`W` = `warmup_epochs` ·
+      `steps_per_epoch` steps (rounded half up); 0 starts at the peak.
 
   Returns:
     An `optax.Schedule` of the step count.
+
+  Raises:
+    ValueError: for non-positive sizes or a negative warm-up.
+
+  References:
+    Goyal et al., `Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour
+    <https://arxiv.org/abs/1706.02677>`__, 2017.
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, Figure 1 and App. C.
+
+  Examples:
+    >>> import extrap_optax
+    >>> schedule = extrap_optax.constant_after_warmup(
+    ...     0.1, num_workers=8, local_batch_size=256, steps_per_epoch=2,
+    ...     warmup_epochs=2)
+    >>> print([round(float(schedule(step)), 4) for step in range(6)])
+    [0.1, 0.275, 0.45, 0.625, 0.8, 0.8]
   """
   peak, warmup_steps = _goyal_peak_and_warmup(
       base_learning_rate, num_workers, local_batch_size, reference_batch_size,
@@ -230,9 +273,26 @@ def inverse_sqrt_schedule(
   Returns:
     An `optax.Schedule` of the step count.
 
+  Raises:
+    ValueError: for a non-positive size, warm-up or `scale`.
+
   References:
     Vaswani et al., `Attention Is All You Need
-    <https://arxiv.org/abs/1706.03762>`_, 2017, §5.3.
+    <https://arxiv.org/abs/1706.03762>`__, 2017, §5.3.
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, App. C.
+
+  Examples:
+    With a global batch of 1,280 the warm-up is 4000 · 64 / 1280 = 200 steps:
+
+    >>> import extrap_optax
+    >>> schedule = extrap_optax.inverse_sqrt_schedule(
+    ...     256, global_batch_size=1280)
+    >>> peak = 256 ** -0.5 * 200 ** -0.5
+    >>> print(round(float(schedule(199)) / peak, 4))   # count 199 is s = 200
+    1.0
+    >>> print(round(float(schedule(799)) / peak, 4))   # s = 800: (200/800)^0.5
+    0.5
   """
   _check_positive_int("d_model", d_model)
   _check_positive_int("global_batch_size", global_batch_size)
@@ -261,8 +321,13 @@ def extrapolation_rate_schedule(
 
   The paper sets :math:`\hat\gamma \approx \gamma / K` and tunes :math:`c` in
   {1, 2, 4} (EXTRAP-SGD, EXTRAP-ADAM) or {0.1, 0.25, 0.5, 1, 2, 4} (noise
-  variants), App. C.1. Following a schedule :math:`\gamma_t`, the
-  extrapolation warms up and decays with it (ALGORITHMS.md §2).
+  variants), App. C.1. **Choice**: following a schedule :math:`\gamma_t`, the
+  extrapolation warms up and decays with it (see :ref:`extrapolation-rate`).
+
+  The convergence theory (Theorem 4.4) allows :math:`\hat\gamma \le
+  \frac{u^2}{(1-u)^2}\gamma` for a small enough :math:`\gamma`, which
+  :math:`\gamma/K` satisfies for :math:`u \ge 1/2`; at practical learning
+  rates a much larger :math:`\hat\gamma` can fail (see `extrap_sgd`).
 
   Args:
     learning_rate: :math:`\gamma_t`, a float or an `optax.Schedule`.
@@ -271,6 +336,27 @@ def extrapolation_rate_schedule(
 
   Returns:
     A float for a float `learning_rate`, else an `optax.Schedule`.
+
+  Raises:
+    ValueError: for a negative `learning_rate` or `scale`, or a non-positive
+      `num_workers`.
+
+  References:
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, §3.1, Remark 4.5 and
+    App. C.1.
+
+  Examples:
+    >>> import extrap_optax
+    >>> extrap_optax.extrapolation_rate_schedule(0.8, num_workers=8, scale=2.0)
+    0.2
+    >>> schedule = extrap_optax.extrapolation_rate_schedule(
+    ...     extrap_optax.constant_after_warmup(
+    ...         0.1, num_workers=8, local_batch_size=256, steps_per_epoch=1,
+    ...         warmup_epochs=1),
+    ...     num_workers=8)
+    >>> print([round(float(schedule(step)), 4) for step in range(2)])
+    [0.0125, 0.1]
   """
   validation.check_non_negative("learning_rate", learning_rate)
   _check_positive_int("num_workers", num_workers)

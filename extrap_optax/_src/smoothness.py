@@ -1,4 +1,4 @@
-"""The smoothness probe of the paper's Figure 1(b) (ALGORITHMS.md §9)."""
+"""The smoothness probe of the paper's Figure 1(b) (see :ref:`smoothness-probe`)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def smoothness_probe(
   (ResNet-20: 92 s against 3.4 s unrolled). A zero update returns 0: there is
   no direction to measure.
 
-  Example, every 10 steps of a training loop::
+  In a training loop, every 10 steps::
 
     @jax.jit
     def probe(params, updates, batch):
@@ -89,11 +89,28 @@ def smoothness_probe(
   Returns:
     :math:`L` as a float32 scalar.
 
+  Raises:
+    ValueError: for a `num_steps` that is not a positive int, or a
+      non-positive `step_fraction`.
+
   References:
     Santurkar et al., `How Does Batch Normalization Help Optimization?
-    <https://arxiv.org/abs/1805.11604>`_, 2018.
-    Lin et al., Extrapolation for Large-batch Training in Deep Learning,
-    ICML 2020, Figure 1(b).
+    <https://arxiv.org/abs/1805.11604>`__, 2018.
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, Figure 1(b).
+
+  Examples:
+    On the quadratic :math:`\tfrac12 (x_1^2 + 3 x_2^2)` the probe measures the
+    curvature 3 along :math:`\Delta = (0, 1)`:
+
+    >>> import jax, jax.numpy as jnp
+    >>> import extrap_optax
+    >>> def loss(x):
+    ...   return 0.5 * (x[0] ** 2 + 3.0 * x[1] ** 2)
+    >>> L = extrap_optax.smoothness_probe(
+    ...     jax.grad(loss), jnp.array([1.0, 1.0]), jnp.array([0.0, 1.0]))
+    >>> print(round(float(L), 4))
+    3.0
   """
   if not isinstance(num_steps, int) or num_steps < 1:
     raise ValueError(

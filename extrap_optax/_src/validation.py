@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 AxisName = str | tuple[str, ...]
@@ -38,7 +39,13 @@ def check_non_negative(name: str, value: Any) -> None:
 def check_momentum(momentum: Any) -> None:
   if is_concrete_number(momentum) and not 0.0 <= momentum < 1.0:
     raise ValueError(
-        f"`momentum` must lie in [0, 1), got {momentum}. The paper uses 0.9.")
+        f"`momentum` must lie in [0, 1), got {momentum}: 1 or more never "
+        "forgets a gradient and diverges. The paper uses 0.9.")
+
+
+def check_bool(name: str, value: Any) -> None:
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"`{name}` must be True or False, got {value!r}.")
 
 
 def normalize_axis_name(axis_name: AxisName | Sequence[str] | None) -> AxisName | None:
@@ -63,19 +70,64 @@ def check_axis_bound(axis_name: AxisName, where: str) -> None:
           f"axis_name={axis_name!r}: the axis {name!r} is not bound where {where} "
           f"is called. Call it inside `jax.vmap(..., axis_name={name!r})`, "
           f"`jax.shard_map` over a mesh with an axis {name!r}, or "
-          f"`jax.pmap(..., axis_name={name!r})` (`extrap_optax.Workers(...).map` "
-          "binds the worker axes for you); for a single worker pass "
-          "axis_name=None.") from None
+          f"`jax.pmap(..., axis_name={name!r})`; under plain `jax.jit` with "
+          f"sharded inputs, map the per-worker step with `jax.vmap(..., "
+          f"axis_name={name!r}, spmd_axis_name=<mesh axis>)` "
+          "(`extrap_optax.Workers(...).map` binds the worker axes for you). For "
+          "a single worker pass axis_name=None.") from None
 
 
-def check_mask_matches(name: str, mask: Any, params: optax.Params) -> None:
-  """Raises if a pytree mask (not a callable) does not have the structure of params."""
-  if mask is None or isinstance(mask, Callable):
+def check_mask(name: str, mask: Any) -> None:
+  """Raises when the optimizer is built if `mask` cannot be a mask.
+
+  A mask is None, one bool for every tensor, a callable params -> mask, or a
+  pytree of static bools (True where the transformation applies). Whether a
+  pytree mask has the structure of the parameters can only be checked when
+  they are known, at `init` (`resolve_mask`).
+  """
+  if mask is None or callable(mask) or isinstance(mask, (bool, np.bool_)):
     return
-  mask_structure = jax.tree.structure(mask)
+  leaves = jax.tree.leaves(mask)
+  bad = [leaf for leaf in leaves if not isinstance(leaf, (bool, np.bool_))]
+  if bad:
+    raise ValueError(
+        f"`{name}` must be None, True/False, a callable params -> mask, or a "
+        f"pytree of Python bools with the structure of the parameters; got "
+        f"a leaf of type {type(bad[0]).__name__} ({bad[0]!r}). Build one with e.g. `jax.tree.map(lambda p: "
+        "p.ndim >= 2, params)`, or pass `extrap_optax.matrices_only`.")
+
+
+def resolve_mask(name: str, mask: Any, params: optax.Params) -> Any:
+  """The mask as a pytree of Python bools with the structure of `params`.
+
+  Args:
+    name: the argument's name, for errors.
+    mask: a mask accepted by `check_mask` (None means True everywhere).
+    params: the parameters (or any tree with their structure).
+
+  Returns:
+    A pytree of Python bools with the structure of `params`.
+
+  Raises:
+    ValueError: naming `name`, if the mask (or what the callable returns)
+      does not have the structure of `params` or has non-bool leaves.
+  """
+  tree = True if mask is None else mask
+  if callable(tree):
+    tree = tree(params)
+  if isinstance(tree, (bool, np.bool_)):
+    return jax.tree.map(lambda _: bool(tree), params)
+  mask_structure = jax.tree.structure(tree)
   params_structure = jax.tree.structure(params)
   if mask_structure != params_structure:
     raise ValueError(
         f"`{name}` must have the same tree structure as the parameters (one bool "
         f"per parameter array) or be a callable params -> mask.\n  {name}: "
         f"{mask_structure}\n  params: {params_structure}")
+  leaves = jax.tree.leaves(tree)
+  if not all(isinstance(m, (bool, np.bool_)) for m in leaves):
+    raise ValueError(
+        f"`{name}` leaves must be static Python booleans (True where the "
+        f"transformation applies), got {[type(m).__name__ for m in leaves]}. "
+        "Build it with e.g. `jax.tree.map(lambda p: p.ndim >= 2, params)`.")
+  return jax.tree.map(bool, tree)

@@ -4,17 +4,15 @@ Per-worker values (parameters, optimizer states, batches, BatchNorm statistics)
 are stacked along a leading axis of size K, in worker order. The layout does not
 depend on the number of devices, so a checkpoint taken on 8 GPUs resumes on 1 CPU.
 
-Every backend binds the same two axis names, `Workers.axis_name ==
-("devices", "workers")`: K = D·V workers are D device blocks of V virtual
-workers. A transform built with `axis_name=workers.axis_name` therefore runs
-unchanged under all of them, and `pmean` over the pair is the mean over all K.
+Every backend binds the same two axis names, ``Workers.axis_name ==
+("devices", "workers")``: K = D·V workers are D device blocks of V virtual
+workers. A transform built with ``axis_name=workers.axis_name`` therefore runs
+unchanged under all of them, and `pmean` over the pair is the mean over all K:
 
-| backend     | how a device runs its V workers                                   |
-| ----------- | ----------------------------------------------------------------- |
-| "shard_map" | `jax.shard_map` over a mesh; V = 1: one worker per device on a     |
-|             | (D, 1) mesh with no vmap; V > 1: `jax.vmap` inside each device    |
-| "pmap"      | `jax.pmap` over D devices of `jax.vmap` over V (for older scripts) |
-| "vmap"      | `jax.vmap` over all K on one device (D = 1)                       |
+- "shard_map": `jax.shard_map` over a mesh. V = 1: one worker per device on a
+  (D, 1) mesh, with no vmap; V > 1: `jax.vmap` inside each device.
+- "pmap": `jax.pmap` over D devices of `jax.vmap` over V (for older scripts).
+- "vmap": `jax.vmap` over all K on one device (D = 1).
 
 One worker per device is the fastest layout, and it keeps control flow such as
 post-local SGD's local steps free of collectives (under vmap a `lax.cond` on
@@ -23,7 +21,7 @@ models whose convolutions do not batch into one grouped convolution under
 `jax.vmap`, which XLA:CPU runs several times slower than V separate ones: the
 experiments' CIFAR models loop over the workers instead
 (`experiments/models/convolution.py`; 1.1-1.2x one worker at batch K·B on the
-2-core CPU, `benchmarks/virtual_workers.py`).
+2-core CPU, `benchmarks/virtual_workers.py`). See :ref:`data-parallelism`.
 """
 
 from __future__ import annotations
@@ -66,7 +64,15 @@ def _per_arg_axes(in_axes: int | None | Sequence[int | None], num_args: int):
 class Workers:
   """K data-parallel workers, simulated or real, with one calling convention.
 
-  Example::
+  `map` runs a function written for one worker on all K; inside it, the
+  transforms of this package (built with ``axis_name=workers.axis_name``)
+  average over the K workers. Per-worker values are stacked along a leading
+  axis of size K; `replicate`, `split` and `put` place them, and
+  `evaluation_params` reads the shared point back. D, the number of devices
+  used, is the largest divisor of K that is at most the number of devices
+  given (see :ref:`data-parallelism`).
+
+  A training step::
 
     workers = extrap_optax.Workers(num_workers=16)          # 8 devices x 2
     tx = extrap_optax.extrap_sgd(0.1, extrapolation_rate=0.1 / 16,
@@ -83,15 +89,39 @@ class Workers:
     params, opt_state = step(params, opt_state, workers.split(global_batch))
     y = workers.evaluation_params(params, opt_state)       # the shared point
 
+  Args:
+    num_workers: K >= 1.
+    backend: "shard_map" (default), "pmap" or "vmap" (all K on one device).
+    devices: the devices to use; default `jax.devices()`.
+
   Attributes:
     num_workers: K.
-    num_devices: D, the number of devices used (the largest divisor of K that is
-      at most the number of devices given).
+    num_devices: D, the number of devices used.
     workers_per_device: V = K / D.
-    axis_name: the pair of worker axis names bound by `map`.
+    axis_name: the pair of worker axis names bound by `map`,
+      ``("devices", "workers")``.
     backend: "shard_map", "pmap" or "vmap".
     mesh: the device mesh (`None` for the vmap and pmap backends).
     sharding: where stacked per-worker arrays live.
+
+  Raises:
+    ValueError: for a `num_workers` that is not a positive int, an unknown
+      `backend` or an empty `devices`.
+
+  Examples:
+    Four workers each compute the mean of their own slice of a batch; the
+    `pmean` inside `map` averages over all four:
+
+    >>> import jax, jax.numpy as jnp
+    >>> import extrap_optax
+    >>> workers = extrap_optax.Workers(num_workers=4)
+    >>> def local_and_global_mean(batch):
+    ...   local = jnp.mean(batch)
+    ...   return local, jax.lax.pmean(local, workers.axis_name)
+    >>> local, overall = workers.map(local_and_global_mean)(
+    ...     workers.split(jnp.arange(8.0)))
+    >>> print(local.tolist(), overall.tolist())
+    [0.5, 2.5, 4.5, 6.5] [3.5, 3.5, 3.5, 3.5]
   """
 
   def __init__(
@@ -278,8 +308,91 @@ class Workers:
           lambda *a: per_device(axes, *a), mesh=self.mesh, in_specs=specs,
           out_specs=self._stacked_spec,
           # A pmean over a vmap axis inside shard_map needs check_vma=False
-          # (PLATFORM.md), and post-local SGD's branches differ in variance.
+          # (docs/algorithms.md, "Data-parallel workers"), and post-local
+          # SGD's branches differ in variance.
           check_vma=False)
       return mapped(*args)
 
     return jax.jit(run, donate_argnums=donate_argnums)
+
+
+def _same_on_every_device(x: jax.Array) -> bool:
+  first = np.asarray(x.addressable_shards[0].data)
+  return all(np.asarray(shard.data).tobytes() == first.tobytes()
+             for shard in x.addressable_shards[1:])
+
+
+def check_per_worker(tree: Any, num_workers: int, *, name: str = "tree") -> Any:
+  """Checks that a tree holds every worker's values, e.g. before a checkpoint.
+
+  With an extrapolated optimizer the parameters and the optimizer state differ
+  per worker, so a checkpoint that resumes exactly must hold all K workers'
+  values, stacked along a leading axis (the layout of `Workers`, of a `pmap`
+  with `out_axes=0`, of `shard_map` with `out_specs=P(axis)`, of a `vmap`-ed
+  step). Saving those stacked arrays as they are, e.g. with
+  ``orbax.checkpoint.StandardCheckpointer``, and restoring them with the same
+  shapes and shardings continues bit for bit. Two mistakes lose workers
+  silently; this check catches them:
+
+  * a leaf without the leading worker axis, as after
+    ``flax.jax_utils.unreplicate`` or ``x[0]``: only worker 0 was kept;
+  * a leaf labelled replicated (fully replicated sharding) whose device buffers
+    differ, as returned by ``jax.pmap(..., out_axes=None)`` or ``shard_map``
+    with ``out_specs=P()`` and ``check_vma=False``: a host read sees device 0,
+    a checkpoint stores a patchwork of workers.
+
+  The second check copies each replicated leaf's device buffers to the host.
+
+  Args:
+    tree: the per-worker trees to save, e.g. ``(params, opt_state)``.
+    num_workers: K, the number of workers.
+    name: how errors call `tree`.
+
+  Returns:
+    `tree`, unchanged.
+
+  Raises:
+    ValueError: naming the first offending leaf and the fix.
+
+  References:
+    Lin et al., `Extrapolation for Large-batch Training in Deep Learning
+    <https://arxiv.org/abs/2006.05720>`__, ICML 2020, Algorithm 1 (the
+    local models :math:`x^k_{t+1/2}` of the K workers).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import extrap_optax
+    >>> workers = extrap_optax.Workers(num_workers=4, backend="vmap")
+    >>> tx = extrap_optax.extrap_sgd(0.1, extrapolation_rate=0.025,
+    ...                              axis_name=workers.axis_name)
+    >>> params = workers.replicate({"w": jnp.ones(3)})
+    >>> state = (params, workers.map(tx.init)(params))
+    >>> extrap_optax.check_per_worker(state, 4) is state
+    True
+    >>> extrap_optax.check_per_worker(workers.unreplicate(state), 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: tree[0]['w'] has shape (3,), without a leading worker axis ...
+  """
+  if not isinstance(num_workers, int) or num_workers < 1:
+    raise ValueError(f"`num_workers` must be a positive int, got {num_workers!r}.")
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    where = f"{name}{jax.tree_util.keystr(path)}"
+    shape = np.shape(leaf)
+    if (isinstance(leaf, jax.Array) and leaf.sharding.is_fully_replicated
+        and len(leaf.addressable_shards) > 1 and not _same_on_every_device(leaf)):
+      raise ValueError(
+          f"{where} (shape {shape}) is labelled replicated but its devices hold "
+          "different values: it came out of `jax.pmap(..., out_axes=None)` or "
+          "`shard_map(..., out_specs=P())` while it differs per worker. Return "
+          "the parameters and the optimizer state per worker (`out_axes=0`, "
+          "`out_specs=P(axis)`) and pass them back in the same way.")
+    if not shape or shape[0] != num_workers:
+      raise ValueError(
+          f"{where} has shape {shape}, without a leading worker axis of size "
+          f"K={num_workers}: it holds one worker's copy (e.g. after "
+          "`flax.jax_utils.unreplicate` or `x[0]`), and a run resumed from it "
+          "would restart every worker from that copy. Keep the per-worker "
+          "stacks: save the parameters and optimizer state as the training "
+          "step returns them.")
+  return tree

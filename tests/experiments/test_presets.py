@@ -3,7 +3,12 @@
 import math
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
+
+import extrap_optax
 
 from experiments import configs
 from experiments import main
@@ -101,3 +106,27 @@ def test_toy_run_trains(name, tmp_path):
   for artifact in ("config.json", "metrics.jsonl", "summary.json",
                    "curves.png", "tb"):
     assert (tmp_path / artifact).exists(), artifact
+
+
+
+def _adam_trajectory(tx, num_steps=6):
+  """The shared point after each step, on gradients that change every step."""
+  params = {"x": jnp.linspace(-1.0, 1.0, 4)}
+  state = tx.init(params)
+  for t in range(num_steps):
+    grads = {"x": 1e-4 * jnp.sin(3.0 * jnp.linspace(-1.0, 1.0, 4) + t)}
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  return np.asarray(extrap_optax.evaluation_params(params, state)["x"])
+
+
+@pytest.mark.parametrize("method", ["adam", "extrap_adam"])
+def test_transformer_presets_keep_the_paper_adam_constants(method):
+  """The library's Adam defaults are optax's; the presets set App. C's β2 = 0.98,
+  ε = 1e-9, so the Transformer's shared point steps as optax.adam with them."""
+  config = configs.get_preset("fig3", "small").runs[f"{method}_k2"]
+  tx = train.make_optimizer(config, lambda count: 1e-3, 20, 100, axis_name=None)
+  got = _adam_trajectory(tx)
+  paper = _adam_trajectory(optax.adam(1e-3, b1=0.9, b2=0.98, eps=1e-9))
+  np.testing.assert_allclose(got, paper, rtol=1e-6)
+  assert np.max(np.abs(got - _adam_trajectory(optax.adam(1e-3)))) > 1e-6

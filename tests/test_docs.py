@@ -1,0 +1,160 @@
+"""The documentation: it builds without a warning, its code runs, its references resolve.
+
+- The Sphinx site in `docs/` builds with warnings as errors (the README's
+  command), so a broken cross-reference, a malformed docstring or a link from
+  a repository page to a file that does not exist fails here.
+- The `Examples:` of every docstring in `extrap_optax` run as doctests, and the
+  code of the getting-started page runs.
+- Every reference in the library's docstrings and comments points to
+  something that exists: a `:ref:` label or `:doc:` page of `docs/`, a file of
+  the repository, or a section of a named publication ("paper §3.2"); none to
+  the project's internal design notes, which are not in the repository.
+- One docstring style (optax's): every public function and class documents
+  its arguments and what it returns, cites its source, and has an example that
+  runs.
+"""
+
+import ast
+import doctest
+import importlib
+import inspect
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+import extrap_optax
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+SRC = REPO / "extrap_optax" / "_src"
+MODULES = sorted(f"extrap_optax._src.{p.stem}" for p in SRC.glob("*.py")
+                 if p.stem != "__init__")
+PUBLIC = {name: getattr(extrap_optax, name) for name in extrap_optax.__all__}
+PUBLIC_CALLABLES = {name: obj for name, obj in PUBLIC.items()
+                    if inspect.isfunction(obj) or name == "Workers"}
+# Results of a call rather than algorithms from a publication.
+NO_REFERENCE_NEEDED = {"evaluation_params", "worker_index", "Workers"}
+
+
+def _labels() -> set[str]:
+  labels = set()
+  for path in DOCS.glob("*.md"):
+    labels.update(re.findall(r"^\((\S+)\)=$", path.read_text(), re.M))
+  for path in DOCS.glob("*.rst"):
+    labels.update(re.findall(r"^\.\. _([^:]+):$", path.read_text(), re.M))
+  return labels
+
+
+def _docstrings_and_comments(path: pathlib.Path) -> str:
+  source = path.read_text()
+  texts = [line.partition("#")[2] for line in source.splitlines()
+           if line.lstrip().startswith("#")]
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)):
+      texts.append(ast.get_docstring(node, clean=False) or "")
+  return "\n".join(texts)
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_docstring_examples_run(module_name):
+  module = importlib.import_module(module_name)
+  runner = doctest.DocTestRunner(
+      optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+  tests = doctest.DocTestFinder(exclude_empty=True).find(module)
+  for test in tests:
+    runner.run(test)
+  assert runner.failures == 0, f"{runner.failures} doctest failure(s), printed above"
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC_CALLABLES))
+def test_public_docstrings_follow_the_optax_style(name):
+  obj = PUBLIC_CALLABLES[name]
+  doc = inspect.getdoc(obj)
+  assert doc and len(doc.splitlines()[0]) <= 88, f"{name}: a one-line summary"
+  parameters = [p for p in inspect.signature(obj).parameters if p != "self"]
+  if parameters:
+    assert "\nArgs:\n" in doc, f"{name}: document the arguments in `Args:`"
+    for parameter in parameters:
+      assert re.search(rf"^  {parameter}:", doc, re.M), (
+          f"{name}: argument `{parameter}` is not in `Args:`")
+  if inspect.isfunction(obj):
+    assert "\nReturns:\n" in doc, f"{name}: say what it returns in `Returns:`"
+  if name not in NO_REFERENCE_NEEDED:
+    assert "\nReferences:\n" in doc, f"{name}: cite the source in `References:`"
+  assert "\nExamples:\n" in doc and ">>> " in doc, (
+      f"{name}: give an example that runs in `Examples:`")
+
+
+def test_math_docstrings_are_raw():
+  for path in SRC.glob("*.py"):
+    source = path.read_text()
+    for node in ast.walk(ast.parse(source)):
+      if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)):
+        continue
+      doc = ast.get_docstring(node, clean=False)
+      if doc and "\\" in doc:
+        segment = ast.get_source_segment(source, node.body[0].value)
+        assert segment.startswith('r"""'), (
+            f"{path.name}: the docstring of {getattr(node, 'name', 'the module')} "
+            "has backslashes (math): make it a raw docstring, r\"\"\"...\"\"\"")
+
+
+def test_documentation_references_resolve():
+  labels = _labels()
+  for path in sorted(SRC.glob("*.py")):
+    text = _docstrings_and_comments(path)
+    for banned in ("ALGORITHMS.md", "PLATFORM.md", "design note"):
+      assert banned not in text, (
+          f"{path.name} cites {banned!r}, which is not in the repository: "
+          "point to a page or section of docs/ instead")
+    for label in re.findall(r":ref:`(?:[^`<]*<)?([^`>]+)>?`", text):
+      assert label in labels, f"{path.name}: no docs section is labelled {label!r}"
+    for page in re.findall(r":doc:`(?:[^`<]*<)?([^`>]+)>?`", text):
+      assert any((DOCS / f"{page}{suffix}").is_file() for suffix in (".md", ".rst")), (
+          f"{path.name}: no docs page {page!r}")
+    for file in re.findall(r"\b((?:experiments|benchmarks|docs|tests|results)/[\w./-]*\w)", text):
+      assert (REPO / file).exists(), f"{path.name} refers to {file}, which does not exist"
+    for match in re.finditer("§", text):
+      before = text[max(0, match.start() - 16):match.start()]
+      assert re.search(r"(\bpaper('s)?|ICML 2020,|\b(19|20)\d\d,)\s*$", before), (
+          f"{path.name}: '{before}§...' does not say whose section it is; write "
+          "'paper §N' or cite the publication")
+
+
+def test_every_public_name_is_in_the_api_reference():
+  api = (DOCS / "api.rst").read_text()
+  documented = set(re.findall(r"^\.\. auto(?:function|class):: (\w+)$", api, re.M))
+  assert documented == set(extrap_optax.__all__)
+
+
+def test_getting_started_code_runs(capsys):
+  page = (DOCS / "getting_started.md").read_text()
+  blocks = re.findall(r"^```python\n(.*?)^```$", page, re.M | re.S)
+  assert len(blocks) == 2
+  namespace = {}
+  for block in blocks:
+    exec(compile(block, "getting_started.md", "exec"), namespace)  # pylint: disable=exec-used
+  losses = [float(line.rsplit(" ", 1)[1])
+            for line in capsys.readouterr().out.splitlines()]
+  assert len(losses) == 2 and max(losses) < 1e-3, losses  # both fit the data
+
+
+@pytest.mark.slow
+def test_docs_build_without_warnings(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+       "-d", str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html")],
+      cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert not result.stderr.strip(), result.stderr
+  for page in ("index", "getting_started", "algorithms", "training_script",
+               "experiments", "reproduction", "reproduction_fig1_cpu",
+               "benchmarks", "api"):
+    assert (tmp_path / "html" / f"{page}.html").is_file(), page
+  api = (tmp_path / "html" / "api.html").read_text()
+  assert 'id="extrap_optax.extrap_sgd"' in api
+  reproduction = (tmp_path / "html" / "reproduction.html").read_text()
+  assert 'href="reproduction_fig1_cpu.html"' in reproduction

@@ -30,12 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tensorboardX.proto import event_pb2
 
 from experiments import checkpointing
 from experiments import configs
 from experiments import report
 from experiments import train
+from tests import event_files
 
 NUM_STEPS = 8
 
@@ -131,28 +131,6 @@ def _kill_at_random_moment(run_dir, rng):
   return process.returncode, output
 
 
-def _read_tfrecords(path):
-  data = path.read_bytes()
-  offset = 0
-  while offset < len(data):
-    (length,) = struct.unpack("<Q", data[offset:offset + 8])
-    yield data[offset + 12:offset + 12 + length]
-    offset += 12 + length + 4
-
-
-def tensorboard_scalars(tb_dir):
-  """(step, tag) -> value over all event files, and the (step, tag) counts."""
-  scalars, counts = {}, {}
-  for path in sorted(pathlib.Path(tb_dir).glob("events.out.tfevents.*")):
-    for payload in _read_tfrecords(path):
-      event = event_pb2.Event.FromString(payload)
-      for value in event.summary.value:
-        key = (event.step, value.tag)
-        scalars[key] = value.simple_value
-        counts[key] = counts.get(key, 0) + 1
-  return scalars, counts
-
-
 def _without_throughput(records):
   return [{k: v for k, v in r.items() if k != "throughput"} for r in records]
 
@@ -175,11 +153,11 @@ def _assert_same_run(run_dir, reference_dir, context):
   got = _without_throughput(report.read_metrics(run_dir))
   want = _without_throughput(report.read_metrics(reference_dir))
   assert got == want, context
-  scalars, counts = tensorboard_scalars(run_dir / "tb")
-  want_scalars, _ = tensorboard_scalars(reference_dir / "tb")
+  scalars, counts = event_files.tensorboard_scalars(run_dir / "tb")
+  want_scalars, _ = event_files.tensorboard_scalars(reference_dir / "tb")
   assert max(counts.values()) == 1, (context, "duplicated TensorBoard records")
-  drop = lambda d: {k: v for k, v in d.items() if k[1] != "throughput"}
-  assert drop(scalars) == drop(want_scalars), context
+  assert (event_files.without_throughput(scalars)
+          == event_files.without_throughput(want_scalars)), context
   return summary
 
 

@@ -7,6 +7,7 @@ import pytest
 from experiments import configs
 from experiments import report
 from experiments import train
+from tests import event_files
 
 
 def _final_parameters(config, run_dir, stop_at_step=None):
@@ -48,3 +49,9 @@ def test_resumed_run_matches_uninterrupted_run(preset, run, tmp_path):
   again = [r["online_train_loss"] for r in report.read_metrics(tmp_path / "resumed")
            if "online_train_loss" in r]
   assert full == again
+  # TensorBoard: the redone steps once each, as in the uninterrupted run.
+  scalars, counts = event_files.tensorboard_scalars(tmp_path / "resumed" / "tb")
+  expected_scalars, _ = event_files.tensorboard_scalars(tmp_path / "full" / "tb")
+  assert max(counts.values()) == 1
+  assert (event_files.without_throughput(scalars)
+          == event_files.without_throughput(expected_scalars))

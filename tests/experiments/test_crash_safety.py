@@ -20,7 +20,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -95,17 +94,11 @@ def child(run_dir: str, fault: str) -> None:
   train.Trainer(make_config(), run_dir).train()
 
 
-# The children share a persistent compilation cache: each restart then
-# loads the programs the first one compiled (the same executables).
-COMPILE_CACHE = pathlib.Path(tempfile.mkdtemp(prefix="crash-safety-jit-"))
-
-
 def _start(run_dir, fault="none"):
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(COMPILE_CACHE),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  # The children inherit conftest's persistent compilation cache: each
+  # restart loads the programs the first one compiled.
   return subprocess.Popen(
-      [sys.executable, __file__, str(run_dir), fault], cwd=REPO, env=env,
+      [sys.executable, __file__, str(run_dir), fault], cwd=REPO,
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

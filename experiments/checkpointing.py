@@ -38,8 +38,10 @@ def _file_digests(step_dir: pathlib.Path) -> dict[str, str]:
   digests = {}
   for path in sorted(step_dir.rglob("*")):
     if path.is_file() and path.name != DIGEST_FILE:
-      digests[str(path.relative_to(step_dir))] = hashlib.sha256(
-          path.read_bytes()).hexdigest()
+      # Streamed: a checkpoint file can be far larger than worth holding.
+      with open(path, "rb") as f:
+        digests[str(path.relative_to(step_dir))] = hashlib.file_digest(
+            f, "sha256").hexdigest()
   return digests
 
 

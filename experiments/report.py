@@ -292,11 +292,12 @@ def plot_comparison(groups: dict[str, list[dict[str, Any]]],
                     keys: Sequence[str] = (SHARED_LOSS,)) -> pathlib.Path:
   """One Figure-1-style comparison: every method on the same axes.
 
-  One panel per loss in `keys` (the shared point's training losses) against
-  epochs, the mean over seeds with the seeds' range shaded, and in the first
-  panel each method's online loss at its gradient's point (first seed,
-  smoothed) dotted; a last panel has the smoothness L of the probed steps,
-  mean over the seeds that probed.
+  One panel per loss in `keys` (the shared point's training losses, or its
+  validation loss `valid_loss`) against epochs, the mean over seeds with the
+  seeds' range shaded, and in the first panel each method's online loss at
+  its gradient's point (first seed, smoothed) dotted; a last panel has the
+  smoothness L of the probed steps, mean over the seeds that probed, when
+  any run probed.
 
   Args:
     groups: label -> runs (as `load_runs` gives them), one entry per method.
@@ -306,8 +307,13 @@ def plot_comparison(groups: dict[str, list[dict[str, Any]]],
   Returns:
     `path`.
   """
-  fig = Figure(figsize=(5.5 * (len(keys) + 1), 4))
-  *loss_axes, smooth_ax = fig.subplots(1, len(keys) + 1)
+  probed = any("smoothness" in record for runs in groups.values()
+               for run in runs for record in run["metrics"])
+  panels = len(keys) + probed
+  fig = Figure(figsize=(5.5 * panels, 4))
+  axes = list(fig.subplots(1, panels, squeeze=False)[0])
+  loss_axes = axes[:len(keys)]
+  smooth_ax = axes[-1] if probed else None
   for index, (label, runs) in enumerate(groups.items()):
     color = f"C{index}"
     for ax, key in zip(loss_axes, keys):
@@ -330,20 +336,22 @@ def plot_comparison(groups: dict[str, list[dict[str, Any]]],
                         label=f"{label}: online loss at the gradient's point")
     probes = [p for p in (_curve(r["metrics"], "smoothness") for r in runs)
               if len(p[0])]
-    if probes:
+    if probes:  # Then smooth_ax exists.
       length = min(len(p[1]) for p in probes)
       values = np.stack([p[2][:length] for p in probes])
       smooth_ax.plot(probes[0][1][:length], values.mean(0), color=color,
                      marker="o", label=f"{label} ({len(probes)} seed"
                      f"{'s' if len(probes) > 1 else ''})")
   for ax, key in zip(loss_axes, keys):
+    kind = "validation" if key.startswith("valid_") else "training"
     ax.set(xlabel="epoch", ylabel=key, yscale="log",
-           title=f"training loss of the shared point y\n({key})")
+           title=f"{kind} loss of the shared point y\n({key})")
     ax.legend(fontsize=6)
-  smooth_ax.set(xlabel="epoch", ylabel="L", yscale="log",
-                title="smoothness L of the step")
-  if smooth_ax.lines:
-    smooth_ax.legend(fontsize=6)
+  if smooth_ax is not None:
+    smooth_ax.set(xlabel="epoch", ylabel="L", yscale="log",
+                  title="smoothness L of the step")
+    if smooth_ax.lines:
+      smooth_ax.legend(fontsize=6)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   return pathlib.Path(path)

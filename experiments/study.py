@@ -3,9 +3,10 @@
 The paper's protocol (App. C.1) as one resumable command:
 
 1. **Baseline**: the baseline method (mini-batch SGD, or Adam) at every value
-   of its tuning grid (γ0 in {0.05, 0.10, 0.15, 0.20}), seed 0; the best is
-   the lowest final value of the study's criterion (the shared point's
-   training loss; the validation loss for Adam).
+   of its tuning grid (γ0 in {0.05, 0.10, 0.15, 0.20}; the inverse-square-
+   root schedule's scale for Adam, a grid extended like stage 2's), seed 0;
+   the best is the lowest final value of the study's criterion (the shared
+   point's training loss; its validation loss for the Transformer).
 2. **Extrapolation**: each extrapolated variant reuses the baseline's best
    value and tunes its own factor c over a grid that is extended, one value at
    a time (halving below, doubling above), until the best value lies inside
@@ -72,12 +73,19 @@ class Study:
     baseline_key: the dotted key tuned for the baseline.
     baseline_grid: its values.
     variants: the extrapolated methods.
-    criterion: the metric tuned for and compared (lower is better).
+    criterion: the metric tuned for and compared (lower is better), as the
+      trainer records it at the shared point: "shared_point_train_loss"
+      (classification), "valid_loss" (translation, language modelling).
     secondary_criteria: more metrics compared the same way (not tuned for).
+    test_metric: the test metric reported next to them, from each run's
+      summary (`final_<test_metric>`; accuracies in %).
     seeds: all seeds; the first one tunes.
     seed_overrides: extra settings of the seed runs (probes, which do not
       change the trajectory).
-    max_extensions: how many values a grid may grow by on each side.
+    max_extensions: how many values a variant's grid may grow by on each
+      side.
+    baseline_max_extensions: the same for the baseline's grid (0: fixed, as
+      App. C.1's γ0 grid; a grid of one's own making should be extended).
     final_points: measurements averaged for the final criterion value.
   """
   name: str
@@ -89,9 +97,11 @@ class Study:
   variants: tuple[Variant, ...]
   criterion: str = "shared_point_train_loss"
   secondary_criteria: tuple[str, ...] = ()
+  test_metric: str = "test_accuracy"
   seeds: tuple[int, ...] = (0, 1, 2)
   seed_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
   max_extensions: int = 2
+  baseline_max_extensions: int = 0
   final_points: int = 3
 
 
@@ -194,55 +204,57 @@ class StudyRunner:
 
   # Stages.
 
-  def tune_baseline(self) -> float | None:
-    """Stage 1: the baseline's grid at the first seed; its best value."""
-    study = self.study
-    name, _, overrides = study.baseline
-    scores = {}
-    for value in study.baseline_grid:
-      directory = (self.root / "tune" / name / _tag(study.baseline_key, value)
-                   / f"seed{study.seeds[0]}")
-      config = self._config(name, name, {**overrides,
-                                         study.baseline_key: value},
-                            study.seeds[0])
-      scores[value] = self._score(
-          self.run(f"{name} {_tag(study.baseline_key, value)}", config,
-                   directory), directory)
-    if any(math.isnan(s) for s in scores.values()):
-      return None
-    return min(scores, key=lambda v: scores[v])
+  def _tune(self, name: str, overrides: dict[str, Any], key: str,
+            grid: Sequence[float], max_extensions: int) -> float | None:
+    """`key` over `grid` at the first seed, extended until its best is inside.
 
-  def tune_variant(self, variant: Variant,
-                   baseline_value: float) -> float | None:
-    """Stage 2: c over a grid extended until its best is inside."""
-    study = self.study
-    grid = sorted(variant.grid)
+    The grid grows by halving its lowest value or doubling its highest while
+    the best value is at that end, at most `max_extensions` times on each
+    side.
+
+    Returns:
+      The best value, or None while some of its runs are not finished.
+    """
+    seed = self.study.seeds[0]
+    grid = sorted(grid)
     scores: dict[float, float] = {}
     extensions = {"low": 0, "high": 0}
     while True:
       for value in grid:
         if value in scores:
           continue
-        directory = (self.root / "tune" / variant.name
-                     / _tag(variant.tuned_key, value)
-                     / f"seed{study.seeds[0]}")
-        config = self._config(variant.name, variant.name, {
-            **variant.overrides, study.baseline_key: baseline_value,
-            variant.tuned_key: value}, study.seeds[0])
+        directory = self.root / "tune" / name / _tag(key, value) / f"seed{seed}"
+        config = self._config(name, name, {**overrides, key: value}, seed)
         scores[value] = self._score(
-            self.run(f"{variant.name} {_tag(variant.tuned_key, value)}",
-                     config, directory), directory)
+            self.run(f"{name} {_tag(key, value)}", config, directory),
+            directory)
       if any(math.isnan(scores[v]) for v in grid):
         return None
       best = min(grid, key=lambda v: scores[v])
-      if best == grid[0] and extensions["low"] < study.max_extensions:
+      if best == grid[0] and extensions["low"] < max_extensions:
         extensions["low"] += 1
         grid.insert(0, grid[0] / 2)
-      elif best == grid[-1] and extensions["high"] < study.max_extensions:
+      elif best == grid[-1] and extensions["high"] < max_extensions:
         extensions["high"] += 1
         grid.append(grid[-1] * 2)
       else:
         return best
+
+  def tune_baseline(self) -> float | None:
+    """Stage 1: the baseline's grid at the first seed; its best value."""
+    study = self.study
+    name, _, overrides = study.baseline
+    return self._tune(name, overrides, study.baseline_key, study.baseline_grid,
+                      study.baseline_max_extensions)
+
+  def tune_variant(self, variant: Variant,
+                   baseline_value: float) -> float | None:
+    """Stage 2: c at the baseline's best value, over a grid extended until
+    its best is inside."""
+    study = self.study
+    return self._tune(
+        variant.name, {**variant.overrides, study.baseline_key: baseline_value},
+        variant.tuned_key, variant.grid, study.max_extensions)
 
   def seed_runs(self, name: str, overrides: dict[str, Any],
                 tuned_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -376,9 +388,18 @@ def _ratio_summary(records: Sequence[dict[str, Any]]) -> str:
           f"{np.percentile(medians, 90):.3f}]; max {np.max(maxima):.2f}")
 
 
-def _accuracy(summary: dict[str, Any]) -> float | None:
-  value = summary.get("final_test_accuracy")
-  return None if value is None else 100 * value
+def _test_value(summary: dict[str, Any], metric: str) -> float | None:
+  """The run's final `metric`, in % for an accuracy (None: not measured)."""
+  value = summary.get(f"final_{metric}")
+  if value is None:
+    return None
+  return 100 * value if metric.endswith("accuracy") else value
+
+
+def _test_header(metric: str) -> str:
+  """"test_accuracy" -> "test accuracy (%)", "test_bleu" -> "test BLEU"."""
+  name = metric.replace("_", " ").replace("bleu", "BLEU")
+  return f"{name} (%)" if metric.endswith("accuracy") else name
 
 
 class _Reporter:
@@ -404,7 +425,8 @@ class _Reporter:
   def tuning_table(self, method: str, key: str) -> list[str]:
     leaf = key.split(".")[-1]
     finals = " | ".join(f"final {k}" for k in self.criteria)
-    lines = [f"| {leaf} | status | steps | {finals} | test accuracy (%) | "
+    test = self.study.test_metric
+    lines = [f"| {leaf} | status | steps | {finals} | {_test_header(test)} | "
              "extrapolation ratio ‖z−y‖/‖Δy‖: median over steps of the "
              "per-step median over tensors [10%, 90%]; max |",
              "| --- | --- | --- |" + " --- |" * len(self.criteria)
@@ -422,7 +444,7 @@ class _Reporter:
       finals = " | ".join(f"{self.final(run, k):.4f}" for k in self.criteria)
       lines.append(
           f"| {value:g} | {summary['status']} | {summary['steps']} | "
-          f"{finals} | {_fmt([_accuracy(summary)], 2)} | "
+          f"{finals} | {_fmt([_test_value(summary, test)], 2)} | "
           f"{_ratio_summary(run['metrics'])} |")
     return lines
 
@@ -443,7 +465,8 @@ class _Reporter:
     """Final `criterion`, steps to the baseline's final one, speed-ups."""
     by_seed = {r["summary"]["seed"]: r for r in groups.get(self.baseline, [])
                if r["summary"]["status"] == "completed"}
-    lines = [f"| method | seeds | final {criterion} | test accuracy (%) | "
+    test = self.study.test_metric
+    lines = [f"| method | seeds | final {criterion} | {_test_header(test)} | "
              f"steps to the baseline's final {criterion} | speed-up "
              "(baseline steps / method steps), per seed | mean ± std |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -466,7 +489,7 @@ class _Reporter:
       lines.append(
           f"| {self.labels.get(method, method)} | {len(runs)} | "
           f"{_fmt([self.final(r, criterion) for r in runs], 4)} | "
-          f"{_fmt([_accuracy(r['summary']) for r in runs], 2)} | "
+          f"{_fmt([_test_value(r['summary'], test) for r in runs], 2)} | "
           f"{_fmt(steps, 0)} | {per_seed} | {_fmt(speedups, 2)} |")
     return lines
 

@@ -9,8 +9,10 @@ The trainer (`experiments.train`) is task-agnostic; a `Task` gives it
 - `train_batch(step)`: the global step's (K, B, ...) batch, placed for
   `Workers.map`; a pure function of (seed, step), so a resumed run sees the
   same data as an uninterrupted one;
-- `evaluate(params, model_state)`: test metrics at the shared point, with the
-  model state averaged over workers;
+- `evaluate(params, model_state, final=...)`: test metrics at the shared
+  point, with the model state averaged over workers; `final` is True at the
+  run's last evaluation, where a task may add metrics too costly to measure
+  at every one (translation's test BLEU with `data.bleu_at_every_eval=False`);
 - classification also has `evaluate_train(params, model_state)`: the same
   point's loss on a fixed training subset (`data.train_eval_size` examples,
   eval mode, no augmentation), the training loss the methods are compared by.
@@ -70,7 +72,8 @@ class Task(Protocol):
   def train_batch(self, step: int) -> Batch:
     ...
 
-  def evaluate(self, params: Any, model_state: Any) -> dict[str, float]:
+  def evaluate(self, params: Any, model_state: Any, *,
+               final: bool = True) -> dict[str, float]:
     ...
 
 
@@ -279,7 +282,9 @@ class Classification:
           *jax.device_put((chunk_images, chunk_labels, mask), sharding)))
     return total / (num_chunks * local_batch)
 
-  def evaluate(self, params, model_state) -> dict[str, float]:
+  def evaluate(self, params, model_state, *,
+               final: bool = True) -> dict[str, float]:
+    del final  # Every evaluation measures everything.
     loss, accuracy = self._loss_and_accuracy(
         params, model_state, self.test_images, self.test_labels)
     return {"test_loss": loss, "test_accuracy": accuracy}
@@ -449,8 +454,9 @@ class LanguageModel:
         logits.astype(jnp.float32), targets)
     return jnp.sum(losses), carry
 
-  def evaluate(self, params, model_state):
-    del model_state  # Evaluation starts from a fresh hidden state.
+  def evaluate(self, params, model_state, *, final: bool = True):
+    # Evaluation starts from a fresh hidden state; every one measures all.
+    del model_state, final
     bptt = self.config.data.bptt
     carry = self.model.initial_carry(self.valid.shape[0])
     total, count = 0.0, 0
@@ -466,7 +472,14 @@ class LanguageModel:
 
 
 class Translation:
-  """Multi30k en-de with the Transformer; validation loss and test BLEU."""
+  """Multi30k en-de with the Transformer; validation loss and test BLEU.
+
+  An evaluation measures `valid_loss` (token-level cross-entropy without
+  label smoothing, teacher-forced) and `valid_perplexity` on the validation
+  set, and `test_bleu` by decoding the test set, which costs several times
+  more; with `data.bleu_at_every_eval=False` the test set is decoded at the
+  run's last evaluation only.
+  """
 
   throughput_unit = "pairs/s"
   main_metric = "test_bleu"
@@ -527,13 +540,23 @@ class Translation:
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     return jnp.sum(losses * weights), jnp.sum(weights)
 
-  def evaluate(self, params, model_state):
+  def evaluate(self, params, model_state, *, final: bool = True):
     del model_state
     batch_size = self.config.data.eval_batch_size
     total = count = 0.0
     for src, tgt, mask in multi30k.eval_batches(*self.valid, batch_size):
       loss, n = self._eval_step(params, src, tgt, mask)
       total, count = total + float(loss), count + float(n)
+    mean = total / max(count, 1.0)
+    metrics = {"valid_loss": mean, "valid_perplexity": float(np.exp(mean))}
+    # Configurations saved before the field existed decoded every time.
+    if final or self.config.data.get("bleu_at_every_eval", True):
+      metrics["test_bleu"] = self.test_bleu(params)
+    return metrics
+
+  def test_bleu(self, params) -> float:
+    """Corpus BLEU of the decoded test set (`data.beam_size`, greedy at 1)."""
+    batch_size = self.config.data.eval_batch_size
     hypotheses = []
     for src, _, mask in multi30k.eval_batches(*self.test, batch_size):
       if self.config.data.beam_size > 1:
@@ -546,11 +569,8 @@ class Translation:
             self.model, params, src, max_len=self.config.data.max_decode_len,
             bos_id=multi30k.BOS_ID, eos_id=multi30k.EOS_ID)
       hypotheses.extend(np.asarray(out)[np.asarray(mask)].tolist())
-    bleu = multi30k.bleu(hypotheses, self.test_text, self.data.tgt_vocab,
+    return multi30k.bleu(hypotheses, self.test_text, self.data.tgt_vocab,
                          self.data.tgt_tokenizer)
-    mean = total / max(count, 1.0)
-    return {"valid_loss": mean, "valid_perplexity": float(np.exp(mean)),
-            "test_bleu": bleu}
 
 
 def _synthetic_translation(config) -> multi30k.TranslationData:

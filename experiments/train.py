@@ -416,11 +416,16 @@ class Trainer:
     return {"params": params, "opt_state": opt_state,
             "model_state": self.workers.replicate(model_state)}
 
-  def evaluate(self, state: dict[str, Any]) -> dict[str, float]:
-    """Test metrics at the shared point with worker-averaged model state."""
+  def evaluate(self, state: dict[str, Any], *,
+               final: bool = True) -> dict[str, float]:
+    """Test metrics at the shared point with worker-averaged model state.
+
+    `final` marks the run's last evaluation, where a task measures what it
+    may skip at the others (translation's test BLEU).
+    """
     params, model_state = _host(self._eval_point(
         state["params"], state["opt_state"], state["model_state"]))
-    return self.task.evaluate(params, model_state)
+    return self.task.evaluate(params, model_state, final=final)
 
   def evaluate_train(self, state: dict[str, Any]) -> dict[str, float]:
     """The shared point's loss on the fixed training subset (eval mode).
@@ -551,7 +556,7 @@ class Trainer:
             evaluation.update(self.evaluate_train(state))
             last_train_eval = dict(evaluation)
           if evaluate:
-            last_eval = self.evaluate(state)
+            last_eval = self.evaluate(state, final=step == self.num_steps)
             evaluation.update(last_eval)
           if evaluation:
             self._write({"step": step, "epoch": step / self.steps_per_epoch,

@@ -62,7 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.eval_batch_size = 1000
   # Language modelling: BPTT length; evaluation batch columns.
   config.data.bptt = 35
-  # Translation: evaluation decoding length and BLEU test subset.
+  # Translation: evaluation decoding length and BLEU test subset. (Translation
+  # configurations, `presets.multi30k`, also have `data.bleu_at_every_eval`.)
   config.data.max_decode_len = 64
   config.data.beam_size = 1
   # Synthetic data sizes (tests and toy runs).

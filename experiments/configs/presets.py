@@ -189,6 +189,10 @@ def multi30k(scale: str) -> ml_collections.ConfigDict:
   config.task = "translation"
   config.data.dataset = "multi30k"
   config.data.eval_batch_size = 100
+  # Decode the test set for BLEU at every evaluation; False: at the last one
+  # only (decoding costs several validation losses). Only translation
+  # configurations have this field.
+  config.data.bleu_at_every_eval = True
   config.model.name = "transformer"
   config.workers.num_workers = 20
   config.workers.local_batch_size = 64

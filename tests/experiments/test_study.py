@@ -5,11 +5,13 @@ import json
 import math
 
 import numpy as np
+import PIL.Image
 import pytest
 
 from experiments import main
 from experiments import report
 from experiments import study as study_lib
+from experiments import train
 from experiments.configs import studies
 
 # Written per run but not results: they depend on the machine and the clock.
@@ -17,26 +19,38 @@ TIMING_KEYS = ("throughput",)
 SUMMARY_TIMING_KEYS = ("wall_seconds", "first_step_seconds", "finished_at")
 
 
-def _fake_trainer(loss_of):
-  """A train_fn whose final loss is `loss_of(config)`; records the calls."""
+def _fake_trainer(loss_of, decoy_of=None):
+  """A train_fn whose final loss is `loss_of(config)`; records the calls.
+
+  The loss is recorded as `shared_point_train_loss` and, for translation
+  configs, as `valid_loss`, with `decoy_of(config)` as the training loss.
+  """
   calls = []
 
   def train_fn(config, directory, stop_at_step):
     calls.append((config.name, config.optimizer.base_learning_rate,
                   config.optimizer.extrapolation_scale, config.seed))
+    train_fn.configs.append(config)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(config.to_json())
     loss = loss_of(config)
+    translation = config.task == "translation"
     records = [{"step": s, "epoch": s / 2.0,
-                "shared_point_train_loss": loss + 1.0 / s}
+                "shared_point_train_loss": (decoy_of(config) if translation
+                                            else loss) + 1.0 / s}
                for s in range(1, 5)]
+    if translation:
+      for record in records:
+        record["valid_loss"] = loss + 1.0 / record["step"]
     (directory / "metrics.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in records))
     summary = {"name": config.name, "seed": config.seed, "steps": 4,
-               "status": "completed", "final_test_accuracy": 0.5}
+               "status": "completed", "final_test_accuracy": 0.5,
+               "final_test_bleu": 10.0 + config.seed}
     (directory / "summary.json").write_text(json.dumps(summary))
     return summary
 
+  train_fn.configs = []
   return train_fn, calls
 
 
@@ -166,3 +180,79 @@ def test_a_changed_study_definition_is_refused(tmp_path):
   with pytest.raises(ValueError, match="workers.local_batch_size"):
     study_lib.StudyRunner(changed, tmp_path, train_fn=train_fn,
                           log=lambda _: None).execute()
+
+
+def test_fig3_study_is_the_documented_proxy_tuned_by_validation_loss(
+    tmp_path, capsys):
+  """Figure 3's proxy: Adam's schedule scale over a grid extended until its
+  best is inside, then EXTRAP-ADAM's c at Adam's best, both chosen by the
+  shared point's validation loss (here its training loss prefers other
+  values), then the seeds; the report shows test BLEU."""
+  assert main.main(["study", "--study", "fig3_cpu", "--runs-dir",
+                    str(tmp_path / "dry"), "--dry-run"]) == 0
+  out = capsys.readouterr().out
+  assert [line.split("->")[0].strip() for line in out.splitlines()[:-1]] == [
+      "adam scale=0.125", "adam scale=0.25", "adam scale=0.5", "adam scale=1"]
+  assert "4 runs next" in out
+
+  def validation_loss(config):
+    if config.optimizer.method == "adam":
+      return abs(math.log2(config.schedule.scale) - 1)      # best at 2
+    return abs(math.log2(config.optimizer.extrapolation_scale) - 1)  # at 2
+
+  def training_loss(config):
+    return config.schedule.scale - config.optimizer.extrapolation_scale
+
+  study = studies.fig3_cpu()
+  train_fn, _ = _fake_trainer(validation_loss, training_loss)
+  choices = study_lib.StudyRunner(study, tmp_path / "study", train_fn=train_fn,
+                                  log=lambda _: None).execute()
+  assert choices["baseline"] == 2.0
+  assert choices["variants"] == {"extrap_adam": 2.0}
+  adam = [c for c in train_fn.configs if c.name == "adam" and c.seed == 0]
+  # The grid, then doubled twice: 2 was at its top, then inside.
+  assert [c.schedule.scale for c in adam] == [0.125, 0.25, 0.5, 1, 2, 4]
+  for config in adam:
+    assert config.optimizer.method == "adam"
+    assert (config.task, config.data.dataset, config.data.source) == (
+        "translation", "multi30k", "auto")
+    # All 29,000 training pairs, all 1,014 validation and 1,000 test pairs.
+    assert (config.data.train_size, config.data.eval_size) == (0, 0)
+    assert not config.data.bleu_at_every_eval
+    assert (config.workers.num_workers, config.workers.local_batch_size) == (
+        20, 64)
+    assert config.model.kwargs.to_dict() == dict(
+        d_model=64, d_ff=256, num_heads=4, num_encoder_layers=2,
+        num_decoder_layers=2)
+    opt = config.optimizer
+    assert (opt.b1, opt.b2, opt.eps, opt.weight_decay,
+            opt.trust_coefficient, opt.grad_clip_norm) == (
+                0.9, 0.98, 1e-9, 0.0, 0.0, 0.0)
+    assert config.schedule.name == "inverse_sqrt"
+    # 29,000 // (20 * 64) = 22 steps an epoch, 15 epochs; the rate peaks at
+    # the end of a 33-step warm-up at c_s·d^-1/2·w^-1/2; the validation loss
+    # every half epoch.
+    num_steps = train.total_steps(config, 22)
+    assert num_steps == 330
+    rates = [float(train.make_schedule(config, 22, num_steps)(count))
+             for count in range(num_steps)]
+    assert int(np.argmax(rates)) + 1 == 33
+    np.testing.assert_allclose(
+        max(rates), config.schedule.scale * 64 ** -0.5 * 33 ** -0.5,
+        rtol=1e-6)
+    assert config.num_evals == 30
+  tuned = [c for c in train_fn.configs if c.name == "extrap_adam"]
+  assert [c.optimizer.extrapolation_scale for c in tuned if c.seed == 0] == [
+      1.0, 2.0, 4.0]
+  assert {c.schedule.scale for c in tuned} == {2.0}
+  assert {c.optimizer.method for c in tuned} == {"extrap_adam"}
+  assert sorted((c.name, c.seed) for c in train_fn.configs if c.seed) == [
+      ("adam", 1), ("adam", 2), ("extrap_adam", 1), ("extrap_adam", 2)]
+
+  text = study_lib.write_report(study, tmp_path / "study", tmp_path / "report")
+  assert "Criterion: `valid_loss`" in text
+  assert "| scale | status | steps | final valid_loss | test BLEU |" in text
+  # The summaries' BLEU is 10 + seed: mean and std over seeds 0, 1, 2.
+  assert "| Adam | 3 | 0.3611 ± 0.0000 | 11.00 ± 0.82 |" in text
+  # Validation loss only: no empty smoothness panel (5.5 inches at 110 dpi).
+  assert PIL.Image.open(tmp_path / "report" / "fig3_cpu.png").size[0] == 605

@@ -209,6 +209,47 @@ def test_shared_point_training_loss_is_measured_at_y(tmp_path):
   assert ratios == [1, 2, 3]
 
 
+def test_validation_loss_is_measured_at_y_and_bleu_only_at_the_end(tmp_path):
+  """EXTRAP-ADAM's validation loss: the shared point, no label smoothing, and
+  with `data.bleu_at_every_eval=False` the test set decoded at the last
+  evaluation only."""
+  config = configs.get_preset("fig3", "toy").runs["extrap_adam_k4"]
+  config.num_steps = 2
+  config.num_evals = 2
+  config.checkpoint_every_steps = 0
+  config.data.bleu_at_every_eval = False
+  trainer = train.Trainer(config, tmp_path)
+  summary = trainer.train()
+  evaluations = [r for r in report.read_metrics(tmp_path) if "valid_loss" in r]
+  assert [r["step"] for r in evaluations] == [1, 2]
+  assert ["test_bleu" in r for r in evaluations] == [False, True]
+  assert summary["final_test_bleu"] == evaluations[-1]["test_bleu"]
+  assert summary["final_valid_loss"] == evaluations[-1]["valid_loss"]
+
+  state = trainer.state
+  y = jax.tree.map(lambda x: np.asarray(x)[0], extrap_optax.evaluation_params(
+      state["params"], state["opt_state"]))
+  z = jax.tree.map(lambda x: np.asarray(x)[0], state["params"])
+  sources, targets = trainer.task.valid
+  src = np.zeros((len(sources), max(map(len, sources))), np.int32)
+  tgt = np.zeros((len(targets), max(map(len, targets))), np.int32)
+  for i, (s, t) in enumerate(zip(sources, targets)):
+    src[i, :len(s)], tgt[i, :len(t)] = s, t
+
+  def validation_loss(params):
+    """Token-mean cross-entropy over the non-pad validation targets."""
+    logits = np.asarray(trainer.task.model.apply(
+        {"params": params}, src, tgt[:, :-1], train=False))
+    labels = tgt[:, 1:]
+    losses = _numpy_cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                  labels.reshape(-1))
+    return losses[labels.reshape(-1) != 0].mean()
+
+  np.testing.assert_allclose(evaluations[-1]["valid_loss"], validation_loss(y),
+                             rtol=1e-5)
+  assert abs(validation_loss(z) - validation_loss(y)) > 1e-4
+
+
 def test_extrapolation_ratios_per_tensor_against_numpy():
   rng = np.random.default_rng(0)
   y0 = {"a": rng.normal(size=(3, 4)), "b": rng.normal(size=(5,)),

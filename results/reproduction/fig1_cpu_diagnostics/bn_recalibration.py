@@ -13,7 +13,7 @@ the run is not touched) and measures the shared point y on the study's fixed
   momentum, so that those of the trained run weigh less than 0.9^passes.
 
 usage (from the repository root):
-  EXTRAP_OPTAX_DATA_DIR=../shared/data python \
+  PYTHONPATH=. EXTRAP_OPTAX_DATA_DIR=../shared/data python \
       results/reproduction/fig1_cpu_diagnostics/bn_recalibration.py RUN_DIR...
 """
 import argparse

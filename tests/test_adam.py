@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import extrap_optax
+from tests import contract
 
 B1, B2, EPS = 0.9, 0.98, 1e-9
 LR, RATE = 0.05, 0.02
@@ -79,7 +80,7 @@ def test_rate_zero_equals_averaged_adam_over_workers(jit):
         params, state = run(params, state, targets)
     finals[name] = np.asarray(params)
   if jit:
-    np.testing.assert_allclose(finals["extrap"], finals["adam"], rtol=1e-6, atol=1e-7)
+    contract.assert_trees_close(finals["extrap"], finals["adam"])
   else:
     np.testing.assert_array_equal(finals["extrap"], finals["adam"])
 

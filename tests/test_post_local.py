@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import extrap_optax
+from tests import contract
 
 K = 8
 LR = 0.05
@@ -69,8 +70,7 @@ def test_before_start_step_equals_minibatch_sgd(workers):
   ours = trajectory(workers, post_local(workers, start_step=4, sync_period=2), 4)
   reference = trajectory(workers, extrap_optax.minibatch_sgd(
       LR, weight_decay=1e-3, axis_name=workers.axis_name), 4)
-  _compare_shared_points(ours, reference, np.testing.assert_allclose,
-                         rtol=1e-6, atol=1e-7)
+  _compare_shared_points(ours, reference, contract.assert_trees_close)
 
 
 def test_before_start_step_equals_minibatch_sgd_bit_for_bit_op_by_op():
@@ -86,8 +86,7 @@ def test_sync_period_one_equals_synchronous_training(workers):
   ours = trajectory(workers, post_local(workers, start_step=0, sync_period=1), 10)
   reference = trajectory(workers, extrap_optax.minibatch_sgd(
       LR, weight_decay=1e-3, axis_name=workers.axis_name), 10)
-  _compare_shared_points(ours, reference, np.testing.assert_allclose,
-                         rtol=2e-5, atol=1e-6)
+  _compare_shared_points(ours, reference, contract.assert_trees_close, rtol=2e-5)
 
 
 def test_local_steps_average_every_h_and_never_average_momentum(workers):

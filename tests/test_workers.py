@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import extrap_optax
+from tests import contract
 
 BACKENDS = ("vmap", "shard_map", "pmap")
 NUM_STEPS = 4
@@ -77,10 +78,7 @@ def test_backends_give_the_same_trajectory(num_workers, transform):
   assert np.max(np.abs(params["w1"][0] - shared["w1"][0])) > 1e-4
   for backend in BACKENDS[1:]:
     for t, (got, want) in enumerate(zip(_train(backend, num_workers, transform), expected)):
-      jax.tree.map(
-          lambda a, b: np.testing.assert_allclose(
-              a, b, rtol=1e-6, atol=1e-7, err_msg=f"{backend} step {t}"),
-          got, want)
+      contract.assert_trees_close(got, want, err_msg=f"{backend} step {t}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

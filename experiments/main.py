@@ -269,12 +269,16 @@ def run_command(args) -> int:
     except train.TrainingDivergedError as error:
       failures += 1
       print(error, file=sys.stderr)
+  from experiments.configs import get_preset
+
+  preset = get_preset(args.preset, args.scale)
   root = preset_root(args)
-  text = report.compare(root)
+  text = report.compare(root, claimed_speedup=preset.claimed_speedup)
   runs = report.load_runs(root)
   if runs and all(any(report.SHARED_LOSS_BATCH_STATS in r
                       for r in run["metrics"]) for run in runs):
-    text += "\n" + report.compare(root, report.SHARED_LOSS_BATCH_STATS)
+    text += "\n" + report.compare(root, report.SHARED_LOSS_BATCH_STATS,
+                                   preset.claimed_speedup)
   if runs and any(report.SHARED_LOSS in r for run in runs
                   for r in run["metrics"]):
     figure = report.plot_comparison(
@@ -284,9 +288,7 @@ def run_command(args) -> int:
         (report.SHARED_LOSS, report.SHARED_LOSS_BATCH_STATS))
     text += (f"\nFigure: {figure} (both methods on the same axes); each "
              "run's own curves are in its curves.png.\n")
-  from experiments.configs import get_preset
-
-  see_also = get_preset(args.preset, args.scale).see_also
+  see_also = preset.see_also
   if see_also:
     text += f"\nOne seed per method at this size; {see_also}.\n"
   print(text)

@@ -50,6 +50,10 @@ class Preset:
       fields for the report.
     seeds: each run is repeated with these seeds (the paper averages three).
     see_also: where a fuller version of this experiment is reported.
+    claimed_speedup: how many times fewer steps than mini-batch SGD the paper
+      reports the extrapolated method needs to reach mini-batch SGD's loss
+      ("at least 2x" for Figure 1, §5); the comparison says whether the runs
+      show it. None: the paper makes no such claim there.
   """
   name: str
   scale: str
@@ -57,6 +61,7 @@ class Preset:
   runs: dict[str, ml_collections.ConfigDict]
   seeds: tuple[int, ...]
   see_also: str = ""
+  claimed_speedup: float | None = None
 
 
 def _update(config: ml_collections.ConfigDict, overrides: dict) -> None:
@@ -253,11 +258,12 @@ def _seeds(scale: str) -> tuple[int, ...]:
 
 # The README's main job (`fig1` at `small` scale): the study's CPU proxy
 # (`cifar_cpu_proxy`), short enough for both methods to finish in about 15
-# minutes on an idle 2-core CPU, with the study's tuned values
-# (results/reproduction/).
+# minutes on an idle 2-core CPU, with the values the study's tuning chose
+# (results/reproduction/: mini-batch SGD's best γ0 of App. C.1's grid, and
+# EXTRAP-SGD's best c of γ̂ = c·γ/K at that γ0).
 MAIN_JOB_EPOCHS = 6.0
-MAIN_JOB_LEARNING_RATE = 0.1
-MAIN_JOB_EXTRAPOLATION_SCALE = 1.0
+MAIN_JOB_LEARNING_RATE = 0.05
+MAIN_JOB_EXTRAPOLATION_SCALE = 2.0
 
 
 def fig1(scale: str) -> Preset:
@@ -296,7 +302,8 @@ def fig1(scale: str) -> Preset:
                 "(ResNet-20, CIFAR-10, K=32 x B=256).", runs, _seeds(scale),
                 see_also=("for the tuned, 3-seed study of this setting see "
                           "results/reproduction/README.md"
-                          if scale == "small" else ""))
+                          if scale == "small" else ""),
+                claimed_speedup=2.0)
 
 
 def table1(scale: str) -> Preset:

@@ -28,6 +28,7 @@ steps to reach a target are counted on the same trailing mean.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -494,23 +495,12 @@ class _Reporter:
     return lines
 
 
-def _machine() -> str:
-  """The CPU model and core count, and the jax version."""
-  import os
-  import platform
-
-  import jax
-
-  model = platform.processor() or platform.machine()
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        model = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  return (f"{model}, {os.cpu_count()} cores, jax {jax.__version__} on "
-          f"{jax.default_backend()}")
+def _machines(runs: Sequence[dict[str, Any]]) -> str:
+  """Each machine named in the runs' summaries, with how many runs it trained."""
+  counts = collections.Counter(
+      r["summary"].get("machine", "not recorded")
+      for r in runs)
+  return "; ".join(f"{name} ({count} runs)" for name, count in counts.items())
 
 
 def _copy_artifacts(root: pathlib.Path, out: pathlib.Path) -> int:
@@ -536,21 +526,24 @@ def write_report(study: Study, root: pathlib.Path,
   Returns:
     The Markdown text.
   """
+  from experiments import train
+
   root, out = pathlib.Path(root), pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   choices = StudyRunner(study, root, dry_run=True, log=lambda _: None).execute()
   reporter = _Reporter(study, root)
   name, label, _ = study.baseline
-  finished = sorted(r["summary"].get("finished_at", "")
-                    for r in report.load_runs(root)
-                    if "report" not in r["dir"].relative_to(root).parts)
+  runs = [r for r in report.load_runs(root)
+          if "report" not in r["dir"].relative_to(root).parts]
+  finished = sorted(r["summary"].get("finished_at", "") for r in runs)
   finished = [f for f in finished if f]
   lines = [f"# Study {study.name}", "", study.description, "",
            f"Command: `python -m experiments.main study --study {study.name}`"
            " (resumable: run it again to continue).", "",
-           f"Machine: {_machine()}. Runs finished between "
+           f"Report written on: {train.machine()}. Runs finished between "
            f"{finished[0] if finished else 'n/a'} and "
-           f"{finished[-1] if finished else 'n/a'}.", "",
+           f"{finished[-1] if finished else 'n/a'}, trained on: "
+           f"{_machines(runs)}.", "",
            f"Criterion: `{study.criterion}`, final value = mean of the last "
            f"{study.final_points} measurements.", "",
            f"## Stage 1: {label}, {study.baseline_key} (seed "

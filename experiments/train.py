@@ -639,6 +639,7 @@ class Trainer:
         "wall_seconds": seconds, "first_step_seconds": first_step_seconds,
         "data_source": getattr(self.task, "data_source", ""),
         "code_version": code_version(),
+        "machine": machine(),
         "finished_at": datetime.datetime.now(
             datetime.timezone.utc).isoformat(timespec="seconds"),
         "checkpoint_problems": self.checkpoint_problems,
@@ -649,6 +650,29 @@ class Trainer:
       checkpointing.write_atomically(self.run_dir / "summary.json",
                                      json.dumps(summary, indent=2))
     return summary
+
+
+@functools.cache
+def machine() -> str:
+  """The CPU model and core count, and the jax version and backend.
+
+  Runs of one study may come from different machines (one session at a time):
+  a run's summary says which trained it, since floating-point results differ
+  in the last bits from one CPU to another.
+  """
+  import os
+  import platform
+
+  model = platform.processor() or platform.machine()
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        model = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  return (f"{model}, {os.cpu_count()} cores, jax {jax.__version__} on "
+          f"{jax.default_backend()}")
 
 
 @functools.cache

@@ -288,9 +288,8 @@ def run_command(args) -> int:
         (report.SHARED_LOSS, report.SHARED_LOSS_BATCH_STATS))
     text += (f"\nFigure: {figure} (both methods on the same axes); each "
              "run's own curves are in its curves.png.\n")
-  see_also = preset.see_also
-  if see_also:
-    text += f"\nOne seed per method at this size; {see_also}.\n"
+  if preset.see_also:
+    text += f"\nOne seed per method at this size; {preset.see_also}.\n"
   print(text)
   (root / "comparison.md").write_text(text)
   return 1 if failures else 0

@@ -497,9 +497,8 @@ class _Reporter:
 
 def _machines(runs: Sequence[dict[str, Any]]) -> str:
   """Each machine named in the runs' summaries, with how many runs it trained."""
-  counts = collections.Counter(
-      r["summary"].get("machine", "not recorded")
-      for r in runs)
+  counts = collections.Counter(r["summary"].get("machine", "not recorded")
+                               for r in runs)
   return "; ".join(f"{name} ({count} runs)" for name, count in counts.items())
 
 

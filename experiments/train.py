@@ -35,7 +35,9 @@ import datetime
 import functools
 import json
 import math
+import os
 import pathlib
+import platform
 import shutil
 import subprocess
 import time
@@ -660,9 +662,6 @@ def machine() -> str:
   a run's summary says which trained it, since floating-point results differ
   in the last bits from one CPU to another.
   """
-  import os
-  import platform
-
   model = platform.processor() or platform.machine()
   try:
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():

@@ -13,7 +13,8 @@ The paper's protocol (App. C.1) as one resumable command:
    it, as the paper does ("the best hyper-parameter lies in the middle of our
    search grids; otherwise we extend our search grid").
 3. **Seeds**: the baseline's and each variant's best, with the remaining
-   seeds (and the study's extra seed-run settings, e.g. the smoothness probe).
+   seeds (and the study's extra seed-run settings, e.g. the smoothness probe),
+   seed by seed across the methods.
 
 Every run is an ordinary trainer run directory (`experiments.train`):
 completed runs are skipped, interrupted ones resume from their newest
@@ -257,17 +258,14 @@ class StudyRunner:
         variant.name, {**variant.overrides, study.baseline_key: baseline_value},
         variant.tuned_key, variant.grid, study.max_extensions)
 
-  def seed_runs(self, name: str, overrides: dict[str, Any],
-                tuned_dir: pathlib.Path) -> list[pathlib.Path]:
-    """Stage 3: the remaining seeds of one method's best setting."""
-    directories = [tuned_dir]
-    for seed in self.study.seeds[1:]:
-      directory = self.root / "seeds" / name / f"seed{seed}"
-      config = self._config(name, name, {**overrides,
-                                         **self.study.seed_overrides}, seed)
-      self.run(f"{name} seed {seed}", config, directory)
-      directories.append(directory)
-    return directories
+  def seed_run(self, name: str, overrides: dict[str, Any],
+               seed: int) -> pathlib.Path:
+    """Stage 3: one more seed of one method's best setting; its directory."""
+    directory = self.root / "seeds" / name / f"seed{seed}"
+    config = self._config(name, name, {**overrides,
+                                       **self.study.seed_overrides}, seed)
+    self.run(f"{name} seed {seed}", config, directory)
+    return directory
 
   def execute(self) -> dict[str, Any]:
     """Runs what is still missing; returns the choices made (None: pending).
@@ -296,10 +294,16 @@ class StudyRunner:
           variant.tuned_key: value},
           self.root / "tune" / variant.name / _tag(variant.tuned_key, value)
           / f"seed{study.seeds[0]}"))
-    for method, method_overrides, tuned_dir in plans:
-      choices["seed_dirs"][method] = [
-          str(p.relative_to(self.root))
-          for p in self.seed_runs(method, method_overrides, tuned_dir)]
+    seed_dirs = {method: [tuned_dir] for method, _, tuned_dir in plans}
+    # Seed by seed across methods, so that a study stopped early holds
+    # matched pairs of methods rather than one method's seeds.
+    for seed in study.seeds[1:]:
+      for method, method_overrides, _ in plans:
+        seed_dirs[method].append(
+            self.seed_run(method, method_overrides, seed))
+    choices["seed_dirs"] = {
+        method: [str(p.relative_to(self.root)) for p in directories]
+        for method, directories in seed_dirs.items()}
     return choices
 
 

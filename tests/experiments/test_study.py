@@ -96,6 +96,20 @@ def test_grid_extension_is_bounded(tmp_path):
       1.0, 2.0, 4.0]
 
 
+def test_seed_runs_go_seed_by_seed_so_a_stopped_study_has_matched_pairs(
+    tmp_path):
+  study = dataclasses.replace(studies.toy(), seeds=(0, 1, 2))
+  train_fn, calls = _fake_trainer(lambda c: c.optimizer.extrapolation_scale)
+  choices = study_lib.StudyRunner(study, tmp_path, train_fn=train_fn,
+                                  log=lambda _: None).execute()
+  seed_calls = [(c[3], c[0]) for c in calls if c[3] > 0]
+  assert [seed for seed, _ in seed_calls] == [1, 1, 2, 2]
+  assert {m for s, m in seed_calls if s == 1} == {"minibatch_sgd",
+                                                   "extrap_sgd"}
+  assert {m: len(d) for m, d in choices["seed_dirs"].items()} == {
+      "minibatch_sgd": 3, "extrap_sgd": 3}
+
+
 def test_dry_run_lists_the_next_runs_and_trains_nothing(tmp_path, capsys):
   assert main.main(["study", "--study", "toy", "--runs-dir", str(tmp_path),
                     "--dry-run"]) == 0

@@ -4,17 +4,24 @@ The paper's protocol (App. C.1) as one resumable command:
 
 1. **Baseline**: the baseline method (mini-batch SGD, or Adam) at every value
    of its tuning grid (γ0 in {0.05, 0.10, 0.15, 0.20}; the inverse-square-
-   root schedule's scale for Adam, a grid extended like stage 2's), seed 0;
-   the best is the lowest final value of the study's criterion (the shared
-   point's training loss; its validation loss for the Transformer).
+   root schedule's scale for Adam), at the tuning seed; the best is the
+   lowest final value of the study's criterion (the shared point's training
+   loss; its validation loss for the Transformer).
 2. **Extrapolation**: each extrapolated variant reuses the baseline's best
-   value and tunes its own factor c over a grid that is extended, one value at
-   a time (halving below, doubling above), until the best value lies inside
-   it, as the paper does ("the best hyper-parameter lies in the middle of our
-   search grids; otherwise we extend our search grid").
-3. **Seeds**: the baseline's and each variant's best, with the remaining
-   seeds (and the study's extra seed-run settings, e.g. the smoothness probe),
-   seed by seed across the methods.
+   value and tunes its own factor c at the tuning seed.
+3. **Seeds**: the baseline's and each variant's best, at every comparison
+   seed (with the study's extra seed-run settings, e.g. the smoothness
+   probe), seed by seed across the methods.
+
+Every grid, the baseline's included, is extended one value at a time
+(halving below, doubling above) until its best value lies inside it, as App.
+C.1 says of all its hyperparameters ("the best hyper-parameter lies in the
+middle of our search grids; otherwise we extend our search grid").
+
+The comparison seeds exclude the tuning seed: the run that won the tuning is
+the best of several draws of the noise at that seed, so including it would
+bias each method's comparison towards the method with the larger grid (the
+winner's curse). Tuning chooses; the comparison seeds measure.
 
 Every run is an ordinary trainer run directory (`experiments.train`):
 completed runs are skipped, interrupted ones resume from their newest
@@ -81,13 +88,12 @@ class Study:
     secondary_criteria: more metrics compared the same way (not tuned for).
     test_metric: the test metric reported next to them, from each run's
       summary (`final_<test_metric>`; accuracies in %).
-    seeds: all seeds; the first one tunes.
+    tuning_seed: the seed of the tuning runs (stages 1 and 2).
+    seeds: the comparison seeds (stage 3), the tuning seed excluded.
     seed_overrides: extra settings of the seed runs (probes, which do not
       change the trajectory).
-    max_extensions: how many values a variant's grid may grow by on each
-      side.
-    baseline_max_extensions: the same for the baseline's grid (0: fixed, as
-      App. C.1's γ0 grid; a grid of one's own making should be extended).
+    max_extensions: how many values any grid (the baseline's and each
+      variant's) may grow by on each side.
     final_points: measurements averaged for the final criterion value.
   """
   name: str
@@ -100,10 +106,10 @@ class Study:
   criterion: str = "shared_point_train_loss"
   secondary_criteria: tuple[str, ...] = ()
   test_metric: str = "test_accuracy"
-  seeds: tuple[int, ...] = (0, 1, 2)
+  tuning_seed: int = 0
+  seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
   seed_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
   max_extensions: int = 2
-  baseline_max_extensions: int = 0
   final_points: int = 3
 
 
@@ -212,12 +218,13 @@ class StudyRunner:
 
     The grid grows by halving its lowest value or doubling its highest while
     the best value is at that end, at most `max_extensions` times on each
-    side.
+    side. A grid of one value is a fixed setting, not a tuning: it is not
+    extended.
 
     Returns:
       The best value, or None while some of its runs are not finished.
     """
-    seed = self.study.seeds[0]
+    seed = self.study.tuning_seed
     grid = sorted(grid)
     scores: dict[float, float] = {}
     extensions = {"low": 0, "high": 0}
@@ -233,6 +240,8 @@ class StudyRunner:
       if any(math.isnan(scores[v]) for v in grid):
         return None
       best = min(grid, key=lambda v: scores[v])
+      if len(grid) == 1:
+        return best
       if best == grid[0] and extensions["low"] < max_extensions:
         extensions["low"] += 1
         grid.insert(0, grid[0] / 2)
@@ -247,7 +256,7 @@ class StudyRunner:
     study = self.study
     name, _, overrides = study.baseline
     return self._tune(name, overrides, study.baseline_key, study.baseline_grid,
-                      study.baseline_max_extensions)
+                      study.max_extensions)
 
   def tune_variant(self, variant: Variant,
                    baseline_value: float) -> float | None:
@@ -281,9 +290,7 @@ class StudyRunner:
     if best is None:
       return choices
     choices["baseline"] = best
-    tuned = (self.root / "tune" / name / _tag(study.baseline_key, best)
-             / f"seed{study.seeds[0]}")
-    plans = [(name, {**overrides, study.baseline_key: best}, tuned)]
+    plans = [(name, {**overrides, study.baseline_key: best})]
     for variant in study.variants:
       value = self.tune_variant(variant, best)
       choices["variants"][variant.name] = value
@@ -291,14 +298,12 @@ class StudyRunner:
         continue
       plans.append((variant.name, {
           **variant.overrides, study.baseline_key: best,
-          variant.tuned_key: value},
-          self.root / "tune" / variant.name / _tag(variant.tuned_key, value)
-          / f"seed{study.seeds[0]}"))
-    seed_dirs = {method: [tuned_dir] for method, _, tuned_dir in plans}
+          variant.tuned_key: value}))
+    seed_dirs = {method: [] for method, _ in plans}
     # Seed by seed across methods, so that a study stopped early holds
     # matched pairs of methods rather than one method's seeds.
-    for seed in study.seeds[1:]:
-      for method, method_overrides, _ in plans:
+    for seed in study.seeds:
+      for method, method_overrides in plans:
         seed_dirs[method].append(
             self.seed_run(method, method_overrides, seed))
     choices["seed_dirs"] = {
@@ -379,7 +384,8 @@ def _fmt(values: Sequence[float], digits: int) -> str:
     return "n/a"
   if len(values) == 1:
     return f"{values[0]:.{digits}f}"
-  return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+  return (f"{np.mean(values):.{digits}f} ± "
+          f"{np.std(values, ddof=1):.{digits}f}")
 
 
 def _ratio_summary(records: Sequence[dict[str, Any]]) -> str:
@@ -550,7 +556,7 @@ def write_report(study: Study, root: pathlib.Path,
            f"Criterion: `{study.criterion}`, final value = mean of the last "
            f"{study.final_points} measurements.", "",
            f"## Stage 1: {label}, {study.baseline_key} (seed "
-           f"{study.seeds[0]})", ""]
+           f"{study.tuning_seed})", ""]
   lines += reporter.tuning_table(name, study.baseline_key)
   best = choices["baseline"]
   lines += ["", f"Best: {best if best is not None else 'pending'}.", ""]

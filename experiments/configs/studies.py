@@ -45,15 +45,13 @@ def fig1_cpu() -> Study:
   config.checkpoint_every_steps = 25
   config.probe_every_steps = 0
   config.progress_bar = False
+  # The LARS-scaled reading (`extrapolation_scaling="trust_ratio"`) was
+  # tuned and seeded by the first study (commit ff8ed8c); the five-seed study
+  # spends its budget on the raw reading, the library's default.
   variants = (
       Variant("extrap_sgd", "EXTRAP-SGD (γ̂ = c·γ/K, raw past gradient)",
               {"optimizer.method": "extrap_sgd",
                "optimizer.extrapolation_scaling": "none"},
-              "optimizer.extrapolation_scale", EXTRAP_SCALES),
-      Variant("extrap_sgd_trust_ratio",
-              "EXTRAP-SGD (γ̂ = c·γ̃/K, LARS-scaled past gradient)",
-              {"optimizer.method": "extrap_sgd",
-               "optimizer.extrapolation_scaling": "trust_ratio"},
               "optimizer.extrapolation_scale", EXTRAP_SCALES),
   )
   return Study(
@@ -149,7 +147,7 @@ def fig3_cpu() -> Study:
       baseline=("adam", "Adam", {"optimizer.method": "adam"}),
       baseline_key="schedule.scale",
       baseline_grid=SCHEDULE_SCALES,
-      baseline_max_extensions=2,
+      seeds=(1, 2, 3, 4),
       variants=variants,
       criterion="valid_loss",
       test_metric="test_bleu",
@@ -179,7 +177,7 @@ def toy() -> Study:
       baseline=("minibatch_sgd", "mini-batch SGD",
                 {"optimizer.method": "minibatch_sgd"}),
       baseline_key="optimizer.base_learning_rate", baseline_grid=(0.05, 0.1),
-      variants=variants, seeds=(0, 1), seed_overrides={"probe_every_steps": 2},
+      variants=variants, seeds=(1,), seed_overrides={"probe_every_steps": 2},
       secondary_criteria=(report.SHARED_LOSS_BATCH_STATS,),
       max_extensions=1, final_points=2)
 

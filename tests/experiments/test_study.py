@@ -98,7 +98,7 @@ def test_grid_extension_is_bounded(tmp_path):
 
 def test_seed_runs_go_seed_by_seed_so_a_stopped_study_has_matched_pairs(
     tmp_path):
-  study = dataclasses.replace(studies.toy(), seeds=(0, 1, 2))
+  study = dataclasses.replace(studies.toy(), seeds=(1, 2))
   train_fn, calls = _fake_trainer(lambda c: c.optimizer.extrapolation_scale)
   choices = study_lib.StudyRunner(study, tmp_path, train_fn=train_fn,
                                   log=lambda _: None).execute()
@@ -106,8 +106,38 @@ def test_seed_runs_go_seed_by_seed_so_a_stopped_study_has_matched_pairs(
   assert [seed for seed, _ in seed_calls] == [1, 1, 2, 2]
   assert {m for s, m in seed_calls if s == 1} == {"minibatch_sgd",
                                                    "extrap_sgd"}
-  assert {m: len(d) for m, d in choices["seed_dirs"].items()} == {
-      "minibatch_sgd": 3, "extrap_sgd": 3}
+  # The comparison is the comparison seeds only, not the tuning run that
+  # won (the winner's curse).
+  assert choices["seed_dirs"] == {
+      m: [f"seeds/{m}/seed1", f"seeds/{m}/seed2"]
+      for m in ("minibatch_sgd", "extrap_sgd")}
+
+
+def test_the_baselines_grid_is_extended_like_every_grid(tmp_path):
+  # The baseline is best at the lowest rate of its grid (0.05, 0.1) and
+  # better still below it: the grid grows to 0.025 and 0.0125 (at most
+  # `max_extensions` = 2 times), as App. C.1 asks of every hyperparameter.
+  study = studies.toy()
+  assert study.max_extensions == 1
+  study = dataclasses.replace(study, max_extensions=2)
+  train_fn, calls = _fake_trainer(
+      lambda c: abs(c.optimizer.base_learning_rate - 0.02))
+  choices = study_lib.StudyRunner(study, tmp_path, train_fn=train_fn,
+                                  log=lambda _: None).execute()
+  assert [c[1] for c in calls if c[0] == "minibatch_sgd" and c[3] == 0] == [
+      0.05, 0.1, 0.025, 0.0125]
+  assert choices["baseline"] == 0.025
+
+
+def test_a_grid_of_one_value_is_a_fixed_setting(tmp_path):
+  study = dataclasses.replace(studies.toy(), baseline_grid=(0.05,))
+  train_fn, calls = _fake_trainer(
+      lambda c: abs(c.optimizer.base_learning_rate - 0.02))
+  choices = study_lib.StudyRunner(study, tmp_path, train_fn=train_fn,
+                                  log=lambda _: None).execute()
+  assert choices["baseline"] == 0.05
+  assert [c[1] for c in calls if c[0] == "minibatch_sgd" and c[3] == 0] == [
+      0.05]
 
 
 def test_dry_run_lists_the_next_runs_and_trains_nothing(tmp_path, capsys):
@@ -164,7 +194,7 @@ def test_stopped_and_restarted_study_matches_uninterrupted(tmp_path):
     assert actual[name] == expected[name], name
   # The report of both is the same too.
   text = study_lib.write_report(study, full_root, tmp_path / "report_full")
-  assert "Stage 3" in text and "| mini-batch SGD | 2 |" in text
+  assert "Stage 3" in text and "| mini-batch SGD | 1 |" in text
   assert (tmp_path / "report_full" / "toy.png").exists()
   copied = list((tmp_path / "report_full" / "runs").rglob("metrics.jsonl"))
   assert len(copied) == len(expected)
@@ -261,12 +291,15 @@ def test_fig3_study_is_the_documented_proxy_tuned_by_validation_loss(
   assert {c.schedule.scale for c in tuned} == {2.0}
   assert {c.optimizer.method for c in tuned} == {"extrap_adam"}
   assert sorted((c.name, c.seed) for c in train_fn.configs if c.seed) == [
-      ("adam", 1), ("adam", 2), ("extrap_adam", 1), ("extrap_adam", 2)]
+      ("adam", 1), ("adam", 2), ("adam", 3), ("adam", 4),
+      ("extrap_adam", 1), ("extrap_adam", 2), ("extrap_adam", 3),
+      ("extrap_adam", 4)]
 
   text = study_lib.write_report(study, tmp_path / "study", tmp_path / "report")
   assert "Criterion: `valid_loss`" in text
   assert "| scale | status | steps | final valid_loss | test BLEU |" in text
-  # The summaries' BLEU is 10 + seed: mean and std over seeds 0, 1, 2.
-  assert "| Adam | 3 | 0.3611 ± 0.0000 | 11.00 ± 0.82 |" in text
+  # The summaries' BLEU is 10 + seed: mean and sample SD over seeds 1-4
+  # (sqrt(5/3) = 1.29).
+  assert "| Adam | 4 | 0.3611 ± 0.0000 | 12.50 ± 1.29 |" in text
   # Validation loss only: no empty smoothness panel (5.5 inches at 110 dpi).
   assert PIL.Image.open(tmp_path / "report" / "fig3_cpu.png").size[0] == 605

@@ -10,6 +10,14 @@ from extrap_optax._src.adam import extrap_adam
 from extrap_optax._src.collectives import all_reduce_mean
 from extrap_optax._src.collectives import AllReduceMeanState
 from extrap_optax._src.collectives import worker_index
+from extrap_optax._src.communication import Communication
+from extrap_optax._src.communication import periodic_averaging
+from extrap_optax._src.communication import periodic_outer_step
+from extrap_optax._src.communication import PeriodicAveragingState
+from extrap_optax._src.communication import PeriodicOuterStepState
+from extrap_optax._src.communication import synchronous
+from extrap_optax._src.communication import SynchronousState
+from extrap_optax._src.extrapolation import averages_models
 from extrap_optax._src.extrapolation import evaluation_params
 from extrap_optax._src.extrapolation import extrapolate
 from extrap_optax._src.extrapolation import ExtrapolationState
@@ -23,7 +31,8 @@ from extrap_optax._src.perturbations import past_gradient
 from extrap_optax._src.perturbations import Perturbation
 from extrap_optax._src.perturbations import PerturbationContext
 from extrap_optax._src.perturbations import smoothout_noise
-from extrap_optax._src.post_local import post_local_sgd
+from extrap_optax._src.local_sgd import diloco
+from extrap_optax._src.local_sgd import post_local_sgd
 from extrap_optax._src.schedules import constant_after_warmup
 from extrap_optax._src.schedules import extrapolation_rate_schedule
 from extrap_optax._src.schedules import goyal_schedule
@@ -41,16 +50,22 @@ __version__ = "0.1.0"
 
 __all__ = (
     "AllReduceMeanState",
+    "Communication",
     "ExtrapolationState",
     "Perturbation",
     "PerturbationContext",
+    "PeriodicAveragingState",
+    "PeriodicOuterStepState",
     "ScaleByLarcState",
+    "SynchronousState",
     "Workers",
     "adam",
     "adam_moment_extrapolation",
     "all_reduce_mean",
+    "averages_models",
     "check_per_worker",
     "constant_after_warmup",
+    "diloco",
     "evaluation_params",
     "extrap_adam",
     "extrap_sgd",
@@ -67,9 +82,12 @@ __all__ = (
     "nesterov_sgd",
     "noise_extrap_sgd",
     "past_gradient",
+    "periodic_averaging",
+    "periodic_outer_step",
     "post_local_sgd",
     "scale_by_larc",
     "smoothness_probe",
     "smoothout_noise",
+    "synchronous",
     "worker_index",
 )

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from extrap_optax._src import collectives
+from extrap_optax._src import communication as communication_lib
 from extrap_optax._src import extrapolation
 from extrap_optax._src import perturbations
 from extrap_optax._src import validation
@@ -161,6 +162,7 @@ def extrap_adam(
     eps: float = 1e-8,
     paper_literal: bool = False,
     axis_name: validation.AxisName | None = None,
+    communication: communication_lib.Communication | None = None,
     debug_checks: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EXTRAP-ADAM (Lin et al., ICML 2020, Algorithm 3, App. D.2).
@@ -194,6 +196,9 @@ def extrap_adam(
     eps: ε >= 0 (optax's default 1e-8; the paper 1e-9).
     paper_literal: extrapolate with the formula as printed (no square root).
     axis_name: the worker axis name(s), or `None` for one worker.
+    communication: how the workers communicate (default
+      ``synchronous(axis_name)``; `periodic_averaging` for local steps,
+      `periodic_outer_step` for DiLoCo); pass it or `axis_name`, not both.
     debug_checks: check at run time that the workers' gradients differ (see
       `extrapolate`).
 
@@ -231,4 +236,5 @@ def extrap_adam(
   return extrapolation.extrapolate(
       optax.adam(learning_rate, b1=b1, b2=b2, eps=eps),
       adam_moment_extrapolation(b1, b2, eps, paper_literal=paper_literal),
-      extrapolation_rate, axis_name=axis_name, debug_checks=debug_checks)
+      extrapolation_rate, axis_name=axis_name, communication=communication,
+      debug_checks=debug_checks)

@@ -24,6 +24,8 @@ import numpy as np
 import optax
 
 from extrap_optax._src import collectives
+from extrap_optax._src import communication as communication_lib
+from extrap_optax._src import norms
 from extrap_optax._src import perturbations
 from extrap_optax._src import validation
 
@@ -36,35 +38,21 @@ class ExtrapolationState(NamedTuple):
   Attributes:
     count: the step :math:`t`, the number of updates applied (int32).
     shared_params: :math:`y_t`, the shared point, identical on all workers
-      (except on the local steps of post-local SGD). Evaluate and checkpoint
-      it: `evaluation_params` reads it.
+      (the worker's own model between the rounds of a local communication
+      policy). `evaluation_params` reads it.
     base_state: the state of the base transformation (e.g. the momentum
-      buffer), updated with the averaged gradient only.
+      buffer), updated with the gradient the communication policy gives it.
+    communication_state: the communication policy's state (see
+      `extrap_optax.synchronous`, `periodic_averaging`, `periodic_outer_step`).
   """
   count: jax.Array
   shared_params: optax.Params
   base_state: optax.OptState
-
-
-class LocalSteps(NamedTuple):
-  """The local phase of post-local SGD (Lin et al., ICLR 2020).
-
-  Attributes:
-    start_step: :math:`t_0`; steps :math:`t < t_0` are synchronous (gradient
-      `pmean`).
-    sync_period: :math:`H`; from :math:`t_0` on, parameters are averaged after
-      every :math:`H` local steps.
-  """
-  start_step: int
-  sync_period: int
+  communication_state: communication_lib.CommunicationState
 
 
 def _value_at(rate: ScalarOrSchedule, count: jax.Array) -> Any:
   return rate(count) if callable(rate) else rate
-
-
-def _scaled_offset(rate: Any, direction: optax.Updates) -> optax.Updates:
-  return jax.tree.map(lambda z: (-rate * z).astype(z.dtype), direction)
 
 
 # The relative distance ‖g^k − ḡ‖/‖ḡ‖ below which `debug_checks` takes the
@@ -131,104 +119,14 @@ def _raise_if_identical(identical: np.ndarray, count: np.ndarray, *, axis_name):
 def _debug_check_gradients_differ(grads, mean_grads, active, count, axis_name):
   """At run time, raises if a worker's gradient equals the mean (no collective)."""
 
-  def squared_norm(tree):
-    return sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
-               for x in jax.tree.leaves(tree))
-
-  distance = squared_norm(jax.tree.map(jnp.subtract, grads, mean_grads))
-  size = squared_norm(mean_grads)
+  distance = norms.tree_squared_norm(
+      jax.tree.map(jnp.subtract, grads, mean_grads))
+  size = norms.tree_squared_norm(mean_grads)
   identical = active & (size > 0) & (
       distance <= IDENTICAL_GRADIENTS_TOLERANCE**2 * size)
   jax.debug.callback(
       functools.partial(_raise_if_identical, axis_name=axis_name),
       identical, count)
-
-
-def make_extrapolated(
-    base: optax.GradientTransformation,
-    perturbation: perturbations.Perturbation,
-    extrapolation_rate: ScalarOrSchedule,
-    axis_name: validation.AxisName | None,
-    local_steps: LocalSteps | None,
-    *,
-    debug_checks: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-  """The shared implementation of `extrapolate` and `post_local_sgd`."""
-  validation.check_non_negative("extrapolation_rate", extrapolation_rate)
-  validation.check_bool("debug_checks", debug_checks)
-  axis_name = validation.normalize_axis_name(axis_name)
-  base = optax.with_extra_args_support(base)
-  # With a literal zero rate and no local steps the algorithm is mini-batch
-  # SGD, for which gradients averaged twice are harmless.
-  never_extrapolates = local_steps is None and (
-      validation.is_concrete_number(extrapolation_rate)
-      and extrapolation_rate == 0)
-
-  def init_fn(params: optax.Params) -> ExtrapolationState:
-    # A copy, so that `params` and the state can both be donated to a jitted step.
-    shared = jax.tree.map(lambda p: jnp.array(p, copy=True), params)
-    return ExtrapolationState(
-        count=jnp.zeros((), jnp.int32), shared_params=shared,
-        base_state=base.init(params))
-
-  def update_fn(updates, state, params=None, **extra_args):
-    if params is None:
-      raise ValueError(
-          "Extrapolated transformations need `params` (the worker's parameters): "
-          "call `tx.update(grads, state, params)`.")
-    grads = updates
-    shared = state.shared_params
-    offset = jax.tree.map(jnp.subtract, params, shared)
-    count = state.count
-
-    caller = "the extrapolated transformation's `update`"
-    if axis_name is not None and not never_extrapolates:
-      validation.check_axis_bound(axis_name, caller)
-      _check_not_averaged(grads, axis_name)
-    if local_steps is None:
-      mean_grads = collectives.mean_over_workers(grads, axis_name, caller)
-    else:
-      # Only the collectives sit inside conditionals, so that local steps
-      # communicate nothing and the update itself is computed once, in place.
-      mean_grads = jax.lax.cond(
-          count < local_steps.start_step,
-          lambda g: collectives.mean_over_workers(g, axis_name, caller),
-          lambda g: g, grads)
-    base_updates, base_state = base.update(
-        mean_grads, state.base_state, shared, **extra_args)
-    next_shared = optax.apply_updates(shared, base_updates)
-    step = base_updates
-    if local_steps is not None:
-      steps_since_start = count - local_steps.start_step + 1
-      is_averaging = (count >= local_steps.start_step) & (
-          steps_since_start % local_steps.sync_period == 0)
-      next_shared = jax.lax.cond(
-          is_averaging,
-          lambda y: collectives.mean_over_workers(y, axis_name, caller),
-          lambda y: y, next_shared)
-      step = jax.tree.map(
-          lambda new, old, u: jnp.where(is_averaging, new - old, u),
-          next_shared, shared, base_updates)
-
-    next_count = optax.safe_increment(count)
-    context = perturbations.PerturbationContext(
-        local_grads=grads, mean_grads=mean_grads, params=shared,
-        next_params=next_shared, base_state=state.base_state,
-        next_base_state=base_state, next_count=next_count,
-        worker_index=collectives.worker_index(axis_name))
-    next_rate = _value_at(extrapolation_rate, next_count)
-    if debug_checks and axis_name is not None:
-      synchronous = True if local_steps is None else count < local_steps.start_step
-      _debug_check_gradients_differ(
-          grads, mean_grads, synchronous & (next_rate > 0), count, axis_name)
-    next_offset = _scaled_offset(next_rate, perturbation(context))
-    param_updates = jax.tree.map(
-        lambda s, new, old: (s + (new - old)).astype(s.dtype),
-        step, next_offset, offset)
-    return param_updates, ExtrapolationState(
-        count=next_count, shared_params=next_shared, base_state=base_state)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def extrapolate(
@@ -237,6 +135,7 @@ def extrapolate(
     extrapolation_rate: ScalarOrSchedule,
     *,
     axis_name: validation.AxisName | None = None,
+    communication: communication_lib.Communication | None = None,
     debug_checks: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Turns a base transformation into its extrapolated form (paper §3.2).
@@ -259,9 +158,20 @@ def extrapolate(
     \end{aligned}
 
   with :math:`\delta_0 = 0`: the first step is not extrapolated (the paper's
-  footnote 1). With γ̂ = 0 the trajectory is bit for bit that of
-  ``optax.chain(all_reduce_mean(axis_name), base)``, op by op (see
-  :ref:`shared-point`).
+  footnote 1). The averaging over workers is the `communication` policy's:
+  `synchronous` (the default, the all-reduce above), `periodic_averaging`
+  (local steps, post-local SGD) or `periodic_outer_step` (DiLoCo); every
+  perturbation composes with every policy.
+
+  **Rounding.** The shared point :math:`y` follows
+  ``optax.chain(all_reduce_mean(axis_name), base)`` bit for bit, op by op,
+  whatever γ̂. The updates are returned as
+  :math:`(y_{t+1} + \delta^k_{t+1}) - z^k_t`, so the worker's parameters
+  :math:`z^k_t + \text{updates}` equal :math:`y_{t+1} + \delta^k_{t+1}` up to
+  one rounding of the subtraction and addition: with γ̂ = 0 they are
+  :math:`y_{t+1}` bit for bit wherever :math:`y_{t+1}/2 \le y_t \le 2y_{t+1}`
+  (Sterbenz's lemma: every element whose update is smaller than itself), and
+  within one ulp of it elsewhere (see :ref:`shared-point`).
 
   Args:
     base: the optimizer of the shared point, e.g. ``optax.chain(
@@ -276,7 +186,11 @@ def extrapolate(
       (`extrapolation_rate_schedule`; see :ref:`extrapolation-rate`).
     axis_name: the worker axis name or tuple of names over which to `pmean`,
       or `None` for a single worker (extrapolation from the past, Gidel et al.,
-      2018).
+      2018); shorthand for ``communication=synchronous(axis_name)``.
+    communication: how the workers communicate (a `Communication`:
+      `synchronous`, `periodic_averaging`, `periodic_outer_step`); default
+      ``synchronous(axis_name)``. It carries the worker axes: pass it or
+      `axis_name`, not both.
     debug_checks: on every step where the next extrapolation rate is positive,
       compare each worker's gradient :math:`g^k` with the mean :math:`\bar g`
       the step computes anyway and raise (through `jax.debug.callback`, as a
@@ -290,8 +204,9 @@ def extrapolate(
     `ExtrapolationState`; extra keyword arguments of `update` go to `base`.
 
   Raises:
-    ValueError: for a negative `extrapolation_rate` or a malformed
-      `axis_name`; when `update` runs, for a missing `params`, an unbound
+    ValueError: for a negative `extrapolation_rate`, a malformed `axis_name`,
+      both `axis_name` and `communication`; when `update` runs, for a
+      missing `params`, an unbound
       worker axis, or (inside `jax.shard_map` with ``check_vma=True``)
       gradients that do not vary over the worker axes, i.e. were averaged by
       the training step already.
@@ -321,31 +236,119 @@ def extrapolate(
     >>> print(params.tolist())   # z_1 = y_1 - 0.25 * g_0
     [0.25, 2.75]
   """
-  return make_extrapolated(base, perturbation, extrapolation_rate, axis_name,
-                           None, debug_checks=debug_checks)
+  validation.check_non_negative("extrapolation_rate", extrapolation_rate)
+  validation.check_bool("debug_checks", debug_checks)
+  if communication is None:
+    communication = communication_lib.synchronous(axis_name)
+  elif axis_name is not None:
+    raise ValueError(
+        f"Pass either `axis_name` ({axis_name!r}) or `communication`, not both: "
+        "the communication policy carries the worker axes, e.g. "
+        "`communication=extrap_optax.periodic_averaging(axis_name, "
+        "sync_period=8)`.")
+  elif not isinstance(communication, communication_lib.Communication):
+    raise ValueError(
+        "`communication` must be an `extrap_optax.Communication` (e.g. "
+        "`extrap_optax.synchronous(axis_name)`, `periodic_averaging` or "
+        f"`periodic_outer_step`), got {communication!r}.")
+  axis_name = communication.axis_name
+  base = optax.with_extra_args_support(base)
+  caller = "the extrapolated transformation's `update`"
+  # A literal zero rate never perturbs: the offset is not even formed.
+  never_extrapolates = (validation.is_concrete_number(extrapolation_rate)
+                        and extrapolation_rate == 0)
+
+  def init_fn(params: optax.Params) -> ExtrapolationState:
+    # A copy, so that `params` and the state can both be donated to a jitted step.
+    shared = jax.tree.map(lambda p: jnp.array(p, copy=True), params)
+    return ExtrapolationState(
+        count=jnp.zeros((), jnp.int32), shared_params=shared,
+        base_state=base.init(params),
+        communication_state=communication.init(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError(
+          "Extrapolated transformations need `params` (the worker's parameters): "
+          "call `tx.update(grads, state, params)`.")
+    grads, shared, count = updates, state.shared_params, state.count
+    if axis_name is not None:
+      validation.check_axis_bound(axis_name, caller)
+      if not never_extrapolates:
+        _check_not_averaged(grads, axis_name)
+    mean_grads, averaged = communication.mean_gradients(grads, count)
+    base_updates, base_state = base.update(
+        mean_grads, state.base_state, shared, **extra_args)
+    next_shared, communication_state = communication.synchronize(
+        optax.apply_updates(shared, base_updates), state.communication_state,
+        count)
+    next_count = optax.safe_increment(count)
+    if never_extrapolates:
+      next_point = next_shared
+    else:
+      context = perturbations.PerturbationContext(
+          local_grads=grads, mean_grads=mean_grads, params=shared,
+          next_params=next_shared, base_state=state.base_state,
+          next_base_state=base_state, next_count=next_count,
+          worker_index=collectives.worker_index(axis_name))
+      next_rate = _value_at(extrapolation_rate, next_count)
+      if debug_checks and axis_name is not None:
+        _debug_check_gradients_differ(
+            grads, mean_grads, averaged & (next_rate > 0), count, axis_name)
+      next_point = jax.tree.map(
+          lambda y, zeta: y - (next_rate * zeta).astype(y.dtype),
+          next_shared, perturbation(context))
+    # The worker moves to z_{t+1} = y_{t+1} + δ_{t+1}, written from the new
+    # shared point rather than as u_t + δ_{t+1} − δ_t: each output is one
+    # fused pass over its inputs, and no copy of the donated y_t is needed
+    # (see :ref:`update-cost`).
+    param_updates = jax.tree.map(lambda new, z: (new - z).astype(z.dtype),
+                                 next_point, params)
+    return param_updates, ExtrapolationState(
+        count=next_count, shared_params=next_shared, base_state=base_state,
+        communication_state=communication_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _is_bound(axis_name: validation.AxisName) -> bool:
+  """Whether every worker axis is bound here (inside the mapped step)."""
+  try:
+    for name in (axis_name,) if isinstance(axis_name, str) else axis_name:
+      jax.lax.axis_index(name)
+  except NameError:
+    return False
+  return True
 
 
 def evaluation_params(params: optax.Params, state: optax.OptState) -> optax.Params:
-  r"""The shared point :math:`y_t` to evaluate and ship.
+  r"""The model to evaluate and ship, for every optimizer of this package.
 
-  The parameters a worker holds are its extrapolation point :math:`z^k_t`;
-  the model being trained is the shared point :math:`y_t`, which the state of
-  every extrapolated transformation stores. Evaluating ``params`` directly
-  silently evaluates worker :math:`k`'s perturbed point: evaluate (and export)
-  ``evaluation_params(params, opt_state)``. To resume training, checkpoint
-  ``params`` and ``opt_state`` themselves, per worker (`check_per_worker`).
-  This finds it in any state of this
-  package, also nested inside `optax.chain`, `optax.inject_hyperparams` or
-  `optax.MultiSteps`. For a state with no extrapolation (e.g. `minibatch_sgd`)
-  the parameters are the shared point and are returned unchanged. Works on
-  per-worker stacked trees too (`Workers.evaluation_params` unstacks them).
+  - **Synchronous** methods: the shared point :math:`y_t`, which the state of
+    every extrapolated transformation stores. The parameters a worker holds
+    are its extrapolation point :math:`z^k_t = y_t + \delta^k_t`; evaluating
+    them silently evaluates worker :math:`k`'s perturbed point.
+  - **Local** methods (`periodic_averaging`, `periodic_outer_step`: post-local
+    SGD, DiLoCo): between rounds the K workers hold K different models
+    :math:`y^k_t`; the model is their average :math:`\frac{1}{K}\sum_k y^k_t`
+    (at the end of a round, the averaged or outer model itself). Inside the
+    mapped step this is one all-reduce over the policy's worker axes;
+    outside it, on per-worker stacked trees, use `Workers.evaluation_params`
+    (which averages the stacked rows), as this function then returns the
+    stacked :math:`y^k_t`.
+  - Anything else (e.g. `minibatch_sgd`, optax's own): ``params`` unchanged.
+
+  The state is found anywhere in the optimizer state, also nested inside
+  `optax.chain`, `optax.inject_hyperparams` or `optax.MultiSteps`. To resume
+  training, checkpoint ``params`` and ``opt_state`` themselves, per worker
+  (`check_per_worker`).
 
   Args:
     params: the parameters the worker holds (its extrapolation point).
     state: the optimizer state that `update` returned with them.
 
   Returns:
-    :math:`y_t`, a tree like `params`.
+    The model to evaluate, a tree like `params`.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -362,8 +365,42 @@ def evaluation_params(params: optax.Params, state: optax.OptState) -> optax.Para
     >>> sgd = extrap_optax.minibatch_sgd(0.1)
     >>> extrap_optax.evaluation_params(params, sgd.init(params)) is params
     True
+
+    Local steps on four workers: inside the mapped step the model is the
+    workers' average.
+
+    >>> workers = extrap_optax.Workers(num_workers=4)
+    >>> tx = extrap_optax.post_local_sgd(0.5, start_step=0, sync_period=4,
+    ...                                  momentum=0.0,
+    ...                                  axis_name=workers.axis_name)
+    >>> def step(params, state, grads):
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    ...   return params, state, extrap_optax.evaluation_params(params, state)
+    >>> params = workers.replicate(jnp.zeros(3))
+    >>> state = workers.map(tx.init)(params)
+    >>> grads = workers.put(jnp.arange(12.0).reshape(4, 3))
+    >>> params, state, model = workers.map(step)(params, state, grads)
+    >>> print(model[0].tolist())
+    [-2.25, -2.75, -3.25]
   """
-  found = optax.tree_utils.tree_get(state, "ExtrapolationState")
+  found = _find_state(state)
   if found is None:
     return params
+  axis_name = found.communication_state.axis_name
+  if (communication_lib.averages_models(found.communication_state)
+      and axis_name is not None and _is_bound(axis_name)):
+    return collectives.mean_over_workers(found.shared_params, axis_name,
+                                         "`evaluation_params`")
   return found.shared_params
+
+
+def averages_models(state: optax.OptState) -> bool:
+  """Whether the model of `state` is the average of the workers' (local policies)."""
+  found = _find_state(state)
+  return found is not None and communication_lib.averages_models(
+      found.communication_state)
+
+
+def _find_state(state: optax.OptState) -> ExtrapolationState | None:
+  return optax.tree_utils.tree_get(state, "ExtrapolationState")

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from extrap_optax._src import norms
 from extrap_optax._src import validation
 
 Mask = Any | Callable[[optax.Params], Any]
@@ -57,12 +58,6 @@ def matrices_only(params: optax.Params) -> Any:
     {'bias': False, 'kernel': True, 'scale': False}
   """
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
-
-
-def _norm(x: jax.Array) -> jax.Array:
-  # At least float32: a bfloat16 sum of squares loses most of its precision.
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  return jnp.sqrt(jnp.sum(jnp.square(x)))
 
 
 def scale_by_larc(
@@ -206,7 +201,7 @@ def scale_by_larc(
       wd = weight_decay if decayed else 0.0
       if not scaled:
         return g + wd * w
-      w_norm, g_norm = _norm(w), _norm(g)
+      w_norm, g_norm = norms.norm(w), norms.norm(g)
       ratio = trust_coefficient * w_norm / (g_norm + w_norm * wd + eps)
       if clip:
         # A zero learning rate gives ratio/0 = inf, so the factor is 1, as

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from extrap_optax._src import lars
+from extrap_optax._src import norms
 from extrap_optax._src import validation
 
 
@@ -190,7 +191,7 @@ def past_gradient(
 
   def scaled(g: jax.Array, y: jax.Array, decayed: bool) -> jax.Array:
     wd = weight_decay if decayed else 0.0
-    y_norm, g_norm = lars._norm(y), lars._norm(g)
+    y_norm, g_norm = norms.norm(y), norms.norm(g)
     ratio = y_norm / (g_norm + wd * y_norm + eps)
     wide = g.astype(jnp.promote_types(g.dtype, ratio.dtype))
     out = jnp.where((y_norm != 0) & (g_norm != 0), wide * ratio, wide)

@@ -26,6 +26,7 @@ import jax
 import optax
 
 from extrap_optax._src import collectives
+from extrap_optax._src import communication as communication_lib
 from extrap_optax._src import extrapolation
 from extrap_optax._src import lars
 from extrap_optax._src import perturbations
@@ -35,7 +36,7 @@ ScalarOrSchedule = extrapolation.ScalarOrSchedule
 MaskOrFn = Any | Callable[[optax.Params], Any] | None
 
 
-def _decay_mask(mask: MaskOrFn) -> Callable[[optax.Params], Any]:
+def decay_mask(mask: MaskOrFn) -> Callable[[optax.Params], Any]:
   """Checks `weight_decay_mask` now; the returned callable resolves it at `init`.
 
   **Choice**: by default (`None`) biases and normalisation scales/offsets
@@ -114,7 +115,7 @@ def nesterov_sgd(
   validation.check_momentum(momentum)
   validation.check_bool("nesterov", nesterov)
   validation.check_non_negative("weight_decay", weight_decay)
-  weight_decay_mask = _decay_mask(weight_decay_mask)
+  weight_decay_mask = decay_mask(weight_decay_mask)
   if trust_coefficient is None:
     preprocess = optax.add_decayed_weights(weight_decay, weight_decay_mask)
   else:
@@ -203,6 +204,7 @@ def extrapolated_sgd(
     weight_decay_mask: MaskOrFn = None,
     trust_coefficient: float | None = None,
     axis_name: validation.AxisName | None = None,
+    communication: communication_lib.Communication | None = None,
     debug_checks: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Extrapolated SGD (paper §3.2) with any perturbation source ζ.
@@ -228,6 +230,9 @@ def extrapolated_sgd(
     weight_decay_mask: which tensors are decayed (default: ndim >= 2).
     trust_coefficient: LARS (apex LARC) trust coefficient γ̃, or `None` for none.
     axis_name: the worker axis name(s), or `None` for one worker.
+    communication: how the workers communicate (default
+      ``synchronous(axis_name)``; `periodic_averaging` for local steps,
+      `periodic_outer_step` for DiLoCo); pass it or `axis_name`, not both.
     debug_checks: check at run time that the workers' gradients differ (see
       `extrapolate`).
 
@@ -263,6 +268,7 @@ def extrapolated_sgd(
                    weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
                    trust_coefficient=trust_coefficient),
       perturbation, extrapolation_rate, axis_name=axis_name,
+      communication=communication,
       debug_checks=debug_checks)
 
 
@@ -277,6 +283,7 @@ def extrap_sgd(
     trust_coefficient: float | None = None,
     extrapolation_scaling: Literal["none", "trust_ratio"] = "none",
     axis_name: validation.AxisName | None = None,
+    communication: communication_lib.Communication | None = None,
     debug_checks: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EXTRAP-SGD (Lin et al., ICML 2020, Algorithm 1).
@@ -390,6 +397,9 @@ def extrap_sgd(
       "trust_ratio" (LARS-scaled past gradient, App. C.1); see above and
       :ref:`extrapolation-scale`.
     axis_name: the worker axis name(s), or `None` for one worker.
+    communication: how the workers communicate (default
+      ``synchronous(axis_name)``; `periodic_averaging` for local steps,
+      `periodic_outer_step` for DiLoCo); pass it or `axis_name`, not both.
     debug_checks: raise at run time when the workers' gradients agree while
       extrapolating (point 3 above; see `extrapolate`).
 
@@ -433,13 +443,14 @@ def extrap_sgd(
         f"{perturbations.PAST_GRADIENT_SCALINGS}, got {extrapolation_scaling!r}.")
   perturbation = perturbations.past_gradient(
       extrapolation_scaling, weight_decay=weight_decay,
-      weight_decay_mask=_decay_mask(weight_decay_mask))
+      weight_decay_mask=decay_mask(weight_decay_mask))
   return extrapolated_sgd(
       learning_rate, perturbation=perturbation,
       extrapolation_rate=extrapolation_rate, momentum=momentum,
       nesterov=nesterov, weight_decay=weight_decay,
       weight_decay_mask=weight_decay_mask, trust_coefficient=trust_coefficient,
-      axis_name=axis_name, debug_checks=debug_checks)
+      axis_name=axis_name, communication=communication,
+      debug_checks=debug_checks)
 
 
 def noise_extrap_sgd(
@@ -454,6 +465,7 @@ def noise_extrap_sgd(
     weight_decay_mask: MaskOrFn = None,
     trust_coefficient: float | None = None,
     axis_name: validation.AxisName | None = None,
+    communication: communication_lib.Communication | None = None,
     debug_checks: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """The noise variants of extrapolated SGD (paper §3.2, Table 1).
@@ -475,6 +487,9 @@ def noise_extrap_sgd(
     weight_decay_mask: which tensors are decayed (default: ndim >= 2).
     trust_coefficient: LARS (apex LARC) trust coefficient γ̃, or `None` for none.
     axis_name: the worker axis name(s), or `None` for one worker.
+    communication: how the workers communicate (default
+      ``synchronous(axis_name)``; `periodic_averaging` for local steps,
+      `periodic_outer_step` for DiLoCo); pass it or `axis_name`, not both.
     debug_checks: check at run time that the workers' gradients differ (see
       `extrapolate`).
 
@@ -518,4 +533,5 @@ def noise_extrap_sgd(
       extrapolation_rate=extrapolation_rate, momentum=momentum,
       nesterov=nesterov, weight_decay=weight_decay,
       weight_decay_mask=weight_decay_mask, trust_coefficient=trust_coefficient,
-      axis_name=axis_name, debug_checks=debug_checks)
+      axis_name=axis_name, communication=communication,
+      debug_checks=debug_checks)

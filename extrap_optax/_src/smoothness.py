@@ -8,12 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-
-def _global_norm(tree: optax.Updates) -> jax.Array:
-  # At least float32, so that low-precision parameters do not lose the sum.
-  return jnp.sqrt(sum(
-      jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32))))
-      for x in jax.tree.leaves(tree)))
+from extrap_optax._src import norms
 
 
 def smoothness_probe(
@@ -121,7 +116,7 @@ def smoothness_probe(
         f"`step_fraction` must be positive, got {step_fraction!r} (the paper "
         "uses 0.3).")
   grads = grad_fn(params)
-  update_norm = _global_norm(update)
+  update_norm = norms.tree_norm(update)
   # A zero update would divide 0 by 0 (and trip jax_debug_nans even where
   # the result is discarded by the final `where`).
   safe_norm = jnp.where(update_norm > 0, update_norm, 1.0)
@@ -131,7 +126,7 @@ def smoothness_probe(
     point = jax.tree.map(
         lambda y, d: y + (alpha * d).astype(y.dtype), params, update)
     change = jax.tree.map(lambda a, b: a - b, grad_fn(point), grads)
-    return _global_norm(change) / (alpha * safe_norm)
+    return norms.tree_norm(change) / (alpha * safe_norm)
 
   steps = jnp.arange(1, num_steps + 1, dtype=jnp.float32)
   if batch_size is None:

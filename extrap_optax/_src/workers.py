@@ -220,8 +220,16 @@ class Workers:
     return jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)
 
   def evaluation_params(self, params: Any, opt_state: Any) -> Any:
-    """The shared point y_t, unstacked (see `extrap_optax.evaluation_params`)."""
-    return self.unreplicate(extrapolation.evaluation_params(params, opt_state))
+    """The model to evaluate, unstacked (see `extrap_optax.evaluation_params`).
+
+    The shared point y_t for synchronous methods; for local ones
+    (`periodic_averaging`, `periodic_outer_step`) the average of the workers'
+    stacked models.
+    """
+    model = extrapolation.evaluation_params(params, opt_state)
+    if extrapolation.averages_models(opt_state):
+      return self.mean(model)
+    return self.unreplicate(model)
 
   # Running per-worker code.
 

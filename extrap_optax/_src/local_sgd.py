@@ -1,4 +1,8 @@
-"""Post-local SGD (Lin et al., ICLR 2020), with or without EXTRAP-SGD (paper Algorithm 2)."""
+"""Local-step optimizers: post-local SGD (paper Algorithm 2) and DiLoCo, with or without extrapolation.
+
+Both are `extrapolate` with a local communication policy
+(`periodic_averaging`, `periodic_outer_step`); these are the named shortcuts.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from typing import Literal
 
 import optax
 
+from extrap_optax._src import communication
 from extrap_optax._src import extrapolation
 from extrap_optax._src import perturbations
 from extrap_optax._src import sgd
@@ -58,11 +63,10 @@ def post_local_sgd(
   is linear in the gradient; equal up to rounding, and not with LARS, which is
   not linear).
 
-  One worker per device (`Workers` with K <= devices) runs the local steps with
-  no collective at all. With several virtual workers per device the phase test
-  is a `jax.lax.cond` on per-worker (vmapped) state, which vmap turns into a
-  select that evaluates both branches: the result is the same, the
-  communication is not saved. See :ref:`post-local-sgd`.
+  It is ``extrapolate(nesterov_sgd(...), perturbation, extrapolation_rate,
+  communication=periodic_averaging(axis_name, sync_period=H,
+  start_step=t0))``; see `periodic_averaging` for what is communicated when.
+  Evaluate ``evaluation_params(params, state)``, the workers' average.
 
   Args:
     learning_rate: γ, a float or an `optax.Schedule`.
@@ -125,10 +129,6 @@ def post_local_sgd(
     [-1.5, -2.5]
     [-3.0, -3.0]
   """
-  for name, value, minimum in (("start_step", start_step, 0),
-                               ("sync_period", sync_period, 1)):
-    if not isinstance(value, int) or value < minimum:
-      raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
   if extrapolation_scaling not in perturbations.PAST_GRADIENT_SCALINGS:
     raise ValueError(
         "`extrapolation_scaling` must be one of "
@@ -136,7 +136,7 @@ def post_local_sgd(
   if perturbation is None:
     perturbation = perturbations.past_gradient(
         extrapolation_scaling, weight_decay=weight_decay,
-        weight_decay_mask=sgd._decay_mask(weight_decay_mask))
+        weight_decay_mask=sgd.decay_mask(weight_decay_mask))
   elif extrapolation_scaling != "none":
     raise ValueError(
         f"`extrapolation_scaling`={extrapolation_scaling!r} scales the default "
@@ -146,7 +146,102 @@ def post_local_sgd(
       learning_rate, momentum=momentum, nesterov=nesterov,
       weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
       trust_coefficient=trust_coefficient)
-  return extrapolation.make_extrapolated(
+  return extrapolation.extrapolate(
       base, perturbation, extrapolation_rate,
-      axis_name, extrapolation.LocalSteps(start_step, sync_period),
+      communication=communication.periodic_averaging(
+          axis_name, sync_period=sync_period, start_step=start_step),
+      debug_checks=debug_checks)
+
+
+def diloco(
+    learning_rate: ScalarOrSchedule,
+    *,
+    sync_period: int = 500,
+    outer_learning_rate: ScalarOrSchedule = 0.7,
+    outer_momentum: float = 0.9,
+    b1: float = 0.9,
+    b2: float = 0.95,
+    eps: float = 1e-8,
+    weight_decay: float = 0.1,
+    extrapolation_rate: ScalarOrSchedule = 0.0,
+    perturbation: perturbations.Perturbation | None = None,
+    start_step: int = 0,
+    axis_name: validation.AxisName | None = None,
+    debug_checks: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""DiLoCo (Douillard et al., 2023): inner AdamW, outer Nesterov every H steps.
+
+  Each worker takes :math:`H` local AdamW steps on its own data, with no
+  communication; then the workers' averaged change is the gradient of an
+  outer Nesterov step on the outer model :math:`\theta`:
+
+  .. math::
+
+    \begin{aligned}
+    y^k &\leftarrow \mathrm{AdamW}^k(y^k, g^k) \quad H \text{ times (inner, local)},\\
+    \Delta &= \theta - \operatorname{pmean}_k y^k, \qquad
+    \theta \leftarrow \mathrm{Nesterov}(\theta, \Delta), \qquad
+    y^k \leftarrow \theta.
+    \end{aligned}
+
+  With `extrapolation_rate` > 0 each worker takes its gradient at
+  :math:`z^k = y^k - \hat\gamma \zeta^k` (EXTRAP over local steps; ζ the past
+  local gradient by default). It is ``extrapolate(optax.adamw(...),
+  perturbation, extrapolation_rate, communication=periodic_outer_step(
+  axis_name, outer_optimizer=optax.sgd(outer_learning_rate, outer_momentum,
+  nesterov=True), sync_period=H))``; evaluate ``evaluation_params(params,
+  state)``, the workers' average (θ at the end of a round). Any other inner or
+  outer optimizer: compose `extrapolate` and `periodic_outer_step` directly.
+
+  Defaults are the paper's: outer Nesterov with learning rate 0.7 and
+  momentum 0.9, :math:`H = 500`, inner AdamW with weight decay 0.1; the
+  inner :math:`\beta_2 = 0.95` is the common choice for language models
+  (the paper does not state it). The paper's inner learning rate is 4e-4
+  with a cosine schedule and warm-up.
+
+  Args:
+    learning_rate: the inner AdamW learning rate, a float or a schedule.
+    sync_period: :math:`H \ge 1`, inner steps per round.
+    outer_learning_rate: the outer Nesterov learning rate.
+    outer_momentum: the outer Nesterov momentum in [0, 1).
+    b1: inner AdamW β1.
+    b2: inner AdamW β2.
+    eps: inner AdamW ε.
+    weight_decay: inner AdamW decoupled weight decay.
+    extrapolation_rate: γ̂ >= 0 (0: plain DiLoCo).
+    perturbation: ζ; default `past_gradient()`.
+    start_step: :math:`t_0 \ge 0`; steps before it are synchronous.
+    axis_name: the worker axis name(s), or `None` for one worker.
+    debug_checks: see `extrapolate`.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with an `ExtrapolationState`.
+
+  Raises:
+    ValueError: for a bad `sync_period`, `start_step` or momentum.
+
+  References:
+    Douillard et al., `DiLoCo: Distributed Low-Communication Training of
+    Language Models <https://arxiv.org/abs/2311.08105>`__, 2023.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import extrap_optax
+    >>> workers = extrap_optax.Workers(num_workers=2)
+    >>> tx = extrap_optax.diloco(1e-3, sync_period=4, axis_name=workers.axis_name)
+    >>> params = workers.replicate({"w": jnp.ones((2, 2))})
+    >>> state = workers.map(tx.init)(params)
+    >>> jax.tree.map(jnp.shape, state.communication_state.outer_params)
+    {'w': (2, 2, 2)}
+  """
+  validation.check_momentum(outer_momentum)
+  inner = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps,
+                      weight_decay=weight_decay)
+  outer = optax.sgd(outer_learning_rate, momentum=outer_momentum,
+                    nesterov=True)
+  return extrapolation.extrapolate(
+      inner, perturbation or perturbations.past_gradient(), extrapolation_rate,
+      communication=communication.periodic_outer_step(
+          axis_name, outer_optimizer=outer, sync_period=sync_period,
+          start_step=start_step),
       debug_checks=debug_checks)

@@ -7,7 +7,8 @@ donated, timed round-robin against the optax baseline on the same tree:
 
 - SGD family (EXTRAP-SGD, its noise variants, post-local SGD, mini-batch SGD)
   against `optax.sgd(γ, 0.9, nesterov=True)`;
-- EXTRAP-ADAM and the library's `adam` against `optax.adam`.
+- EXTRAP-ADAM, the library's `adam` and DiLoCo (a local step, and an outer
+  step on every step) against `optax.adam`.
 
 Also reported, exactly (no spread): the bytes XLA's cost analysis says the
 compiled update accesses, against the analytic memory floor (Nesterov SGD reads
@@ -52,6 +53,10 @@ def sgd_candidates() -> dict[str, tuple[optax.GradientTransformation, int]]:
       **{f"noise_extrap_sgd {noise}": (extrap_optax.noise_extrap_sgd(
           LR, extrapolation_rate=EXTRAP_RATE, noise=noise), 7)
          for noise in ("uniform", "gaussian", "smoothout", "gradient")},
+      **{f"noise_extrap_sgd {noise} counter_hash": (extrap_optax.noise_extrap_sgd(
+          LR, extrapolation_rate=EXTRAP_RATE, noise=noise,
+          generator="counter_hash"), 7)
+         for noise in ("uniform", "gaussian", "smoothout")},
       "post_local_sgd (local phase, γ̂=0)": (extrap_optax.post_local_sgd(
           LR, start_step=0, sync_period=8), 7),
       "post_local_sgd + extrap (local phase)": (extrap_optax.post_local_sgd(
@@ -65,6 +70,11 @@ def adam_candidates() -> dict[str, tuple[optax.GradientTransformation, int]]:
       "optax.adam": (optax.adam(1e-3), 7),
       "adam (library)": (extrap_optax.adam(1e-3), 7),
       "extrap_adam": (extrap_optax.extrap_adam(1e-3, extrapolation_rate=1e-3 / 32), 9),
+      # AdamW inner steps keep the worker's y beside z: Adam's 7 + 2.
+      "diloco (local step)": (extrap_optax.diloco(1e-3, sync_period=10**6), 9),
+      # Every step a round end: also read θ and the outer momentum, write
+      # both: 9 + 4.
+      "diloco (outer step every step)": (extrap_optax.diloco(1e-3, sync_period=1), 13),
   }
 
 

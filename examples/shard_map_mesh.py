@@ -10,8 +10,10 @@ checks are the same on every device. With EXTRAP-SGD they differ per worker
 sharded `P("batch")`, each device steps its own `(1, ...)` block on the
 gradient of its own loss (a `pmean` in the loss would divide every worker's
 gradient by K), and the optimizer, built with `axis_name="batch"`, averages the
-gradients itself. `--optimizer` switches between `optax.sgd` (Nesterov) and
-`extrap_optax.extrap_sgd`; the lines EXTRAP-SGD needs are marked `EXTRAP-SGD:`.
+gradients itself. `--optimizer` switches between `optax.sgd` (Nesterov),
+`extrap_optax.extrap_sgd` and DiLoCo + EXTRAP (`extrap_optax.diloco` with an
+extrapolation rate: local steps, an outer step every `--sync-period`); the
+lines EXTRAP-SGD needs are marked `EXTRAP-SGD:`, and DiLoCo needs no other.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \
       python examples/shard_map_mesh.py --optimizer extrap_sgd
@@ -65,6 +67,12 @@ def make_optimizer(args, num_workers):
     return optax.sgd(args.learning_rate, momentum=0.9, nesterov=True)
   rate = args.learning_rate / num_workers if args.extrapolation_rate is None else (
       args.extrapolation_rate)
+  if args.optimizer == "diloco_extrap":
+    # DiLoCo + EXTRAP: local AdamW steps from extrapolated points, an outer
+    # Nesterov step (0.7, 0.9) every --sync-period steps. The only line that
+    # changes: the rest of the script is the same.
+    return extrap_optax.diloco(args.learning_rate, sync_period=args.sync_period,
+                               extrapolation_rate=rate, axis_name="batch")
   return extrap_optax.extrap_sgd(args.learning_rate, extrapolation_rate=rate,
                                  momentum=0.9, axis_name="batch")
 
@@ -72,8 +80,12 @@ def make_optimizer(args, num_workers):
 def main(argv=None) -> dict:
   """Trains; returns the shared point's loss after each step and the final state."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--optimizer", choices=("optax", "extrap_sgd"), default="extrap_sgd")
-  parser.add_argument("--learning-rate", type=float, default=0.2)
+  parser.add_argument("--optimizer", choices=("optax", "extrap_sgd", "diloco_extrap"),
+                      default="extrap_sgd")
+  parser.add_argument("--learning-rate", type=float, default=0.2,
+                      help="γ (for diloco_extrap, the inner AdamW rate, e.g. 0.01)")
+  parser.add_argument("--sync-period", type=int, default=4,
+                      help="H, local steps per DiLoCo round")
   parser.add_argument("--extrapolation-rate", type=float, default=None,
                       help="γ̂ (default γ/K, the paper's choice)")
   parser.add_argument("--steps", type=int, default=40)
@@ -116,7 +128,8 @@ def main(argv=None) -> dict:
 
   def eval_step(params, opt_state, batch):
     # EXTRAP-SGD: evaluate the shared point y, the same in every worker's
-    # state (for optax, `evaluation_params` returns the params).
+    # state (for optax, `evaluation_params` returns the params); for DiLoCo
+    # the workers' average, one all-reduce over "batch".
     y = extrap_optax.evaluation_params(params, opt_state)
     if per_worker:
       y = jax.tree.map(lambda x: x[0], y)
@@ -152,8 +165,11 @@ def main(argv=None) -> dict:
     checkpoints.wait_until_finished()
     checkpoints.close()
   y = jax.device_get(extrap_optax.evaluation_params(params, opt_state))
+  if per_worker:  # stacked rows: one shared point, or the workers' models (DiLoCo)
+    local = extrap_optax.averages_models(opt_state)
+    y = jax.tree.map(lambda x: x.mean(axis=0) if local else x[0], y)
   return {"losses": losses, "params": params, "opt_state": opt_state,
-          "evaluation_params": jax.tree.map(lambda x: x[0], y) if per_worker else y}
+          "evaluation_params": y}
 
 
 if __name__ == "__main__":

@@ -145,7 +145,8 @@ def minibatch_sgd(
 
   One `pmean` of the gradient over `axis_name`, then `nesterov_sgd`. The
   baseline of the paper ("mini-batch SGD" means with Nesterov momentum), and
-  EXTRAP-SGD with `extrapolation_rate=0`, bit for bit op by op.
+  EXTRAP-SGD with `extrapolation_rate=0` (the same shared point, bit for bit
+  op by op; see `extrapolate` for the workers' parameters).
 
   Args:
     learning_rate: γ, a float or an `optax.Schedule`.
@@ -306,8 +307,9 @@ def extrap_sgd(
 
   (with ``nesterov=False``, :math:`y_{t+1} = y_t - \gamma_t b`). The
   parameters a worker holds are :math:`z^k`; ``evaluation_params(params,
-  state)`` is :math:`y`. ``extrapolation_rate=0`` gives `minibatch_sgd` bit for
-  bit op by op. With ``axis_name=None`` it is single-worker extrapolation from
+  state)`` is :math:`y`. ``extrapolation_rate=0`` gives `minibatch_sgd`'s
+  :math:`y` bit for bit op by op (:math:`z` up to one rounding; see
+  `extrapolate`). With ``axis_name=None`` it is single-worker extrapolation from
   the past (Gidel et al., 2018) with Nesterov momentum.
 
   **In a data-parallel training script** (the README's "Use it in your

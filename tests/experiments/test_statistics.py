@@ -181,6 +181,10 @@ def test_aa_noise_floor_needs_two_seeds():
     (statistics.Interval(1.133, 0.70, 1.56),
      "EXTRAP: 1.13x: not distinguishable from 1 (95% CI [0.70, 1.56] "
      "contains 1)."),
+    # An end at the null itself does not exclude it.
+    (statistics.Interval(1.1, 1.0, 1.2),
+     "EXTRAP: 1.10x: not distinguishable from 1 (95% CI [1.00, 1.20] "
+     "contains 1)."),
     (statistics.Interval(0.8, 0.7, 0.9),
      "EXTRAP: 0.80x, 95% CI [0.70, 0.90]: slower than the baseline."),
     # 0.9998 would print as 1.00: the bounds get the digits that show it.

@@ -218,7 +218,7 @@ def first_crossing_step(
 
 
 def trailing_mean(values: Sequence[float], window: int) -> np.ndarray:
-  """Each value averaged with the `window − 1` values before it (fewer at the start).
+  """Each value averaged with up to `window − 1` values before it.
 
   Computed by differences of cumulative sums, as `experiments/report.py`
   does, so that crossings on it reproduce that module's to the last bit.
@@ -235,7 +235,7 @@ def trailing_mean(values: Sequence[float], window: int) -> np.ndarray:
 
 def report_crossing_step(steps: Sequence[float], values: Sequence[float],
                          target: float, window: int) -> float:
-  """The crossing `experiments/report.py:first_crossing` computed up to issue 24.
+  """The crossing `report.py:first_crossing` computed up to issue 24.
 
   The "interpolated" crossing (`first_crossing_step`) of the trailing mean
   over `window` measurements (`trailing_mean`), compared with
@@ -261,7 +261,7 @@ def final_value(values: Sequence[float], points: int) -> float:
 
 def crossing(curve: Curve, target: float, definition: CrossingDefinition,
              window: int) -> float:
-  """`curve`'s crossing of `target` by `definition` (see `CROSSING_DEFINITIONS`).
+  """`curve`'s crossing of `target` by `definition` (`CROSSING_DEFINITIONS`).
 
   `window` is used by "trailing_mean_interpolated" only.
   """
@@ -287,7 +287,9 @@ def _speedup(reference: Curve, other: Curve, final_points: int,
         f"{definition!r}; use 'trailing_mean_interpolated' with the same "
         "window, or a definition on raw values.")
   other_steps = crossing(other, target, definition, final_points)
-  return reference_steps / other_steps if math.isfinite(other_steps) else math.nan
+  if not math.isfinite(other_steps):
+    return math.nan  # Not reached.
+  return reference_steps / other_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,6 +377,12 @@ def aa_noise_floor(runs_by_seed: Mapping[int, Curve], final_points: int,
 
   The n(n − 1) pairs are not independent draws (each seed appears in
   2(n − 1) of them), so the summary describes them and is no interval.
+  A seed that ends above seed i's final value often never reaches it (on the
+  trailing mean, whose last point is seed j's own final value, it reaches it
+  only by dipping below earlier): then about half the pairs are "not
+  reached", and the reached ones are mostly those where seed j ended lower,
+  above 1 by that selection alone, as is a method that ends lower than the
+  baseline. State the not-reached counts next to the floor.
 
   Raises:
     ValueError: fewer than 2 seeds; a run that never reaches its own final
@@ -441,7 +449,7 @@ def claim_sentence(name: str, interval: Interval, null: float = 1.0,
 def noise_verdict(difference: float, seed_sd: float, *, seeds: int,
                   multiple: float = 2.0,
                   what: str = "the final-loss difference") -> str:
-  """Whether one observed difference lies within the study's seed-to-seed spread.
+  """Whether one observed difference lies within the seed-to-seed spread.
 
   A single run of each method (one seed each, as the main job) gives one
   difference d. The study measured, at the same setting, `seed_sd`: the

@@ -56,7 +56,7 @@ def test_paired_differences_keep_the_seeds_both_sides_ran():
   baseline = {4: 7.0, 2: 2.5, 1: 1.0, 0: 0.5}
   assert statistics.paired_differences(method, baseline) == {
       0: 0.5, 1: 1.0, 2: 1.5}
-  # Differences 0.5, 1, 1.5: mean 1, sample SD 0.5, 1 ± 4.3027 · 0.5 / sqrt(3).
+  # Differences 0.5, 1, 1.5: mean 1, sample SD 0.5: 1 ± 4.3027 · 0.5 / √3.
   mean, low, high = statistics.paired_interval(method, baseline)
   assert mean == 1
   assert (low, high) == pytest.approx(

@@ -79,18 +79,14 @@ def post_local_sgd(
       `extrap_sgd`).
     perturbation: ζ; default `past_gradient(extrapolation_scaling, ...)`
       (EXTRAP-SGD).
-    momentum: u in [0, 1).
-    nesterov: Nesterov momentum (default, the paper's); False: heavy ball.
-    weight_decay: coupled L2 coefficient λ >= 0.
-    weight_decay_mask: which tensors are decayed (default: ndim >= 2).
-    trust_coefficient: LARS trust coefficient γ̃ (apex LARC), or `None` for no LARS.
+    momentum, nesterov, weight_decay, weight_decay_mask, trust_coefficient:
+      the base step's, as in `nesterov_sgd`.
     extrapolation_scaling: the default perturbation's scaling, as in
       `extrap_sgd`: "none" (raw past gradient, paper §3.1) or "trust_ratio"
       (LARS-scaled past gradient, App. C.1, with this optimizer's λ and mask).
       Only with the default `perturbation`.
-    axis_name: the worker axis name(s), or `None` for one worker.
-    debug_checks: check at run time that the workers' gradients differ on the
-      synchronous steps (see `extrapolate`).
+    axis_name, debug_checks: the worker axes and run-time checks, as in
+      `extrapolate`.
 
   Returns:
     An `optax.GradientTransformationExtraArgs` with an `ExtrapolationState`.

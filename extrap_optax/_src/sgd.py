@@ -130,39 +130,42 @@ def nesterov_sgd(
                 nesterov=nesterov and not no_momentum),
   )
   no_decay = validation.is_concrete_number(weight_decay) and weight_decay == 0
-  if trust_coefficient is None and nesterov and not (no_momentum or no_decay):
-    return _decayed_gradient_recomputed(chained, preprocess, learning_rate,
-                                        momentum)
+  preprocessed = trust_coefficient is not None or not no_decay
+  if nesterov and preprocessed and not no_momentum:
+    return _preprocessed_gradient_recomputed(chained, preprocess,
+                                             learning_rate, momentum)
   return chained
 
 
-def _decayed_gradient_recomputed(
+def _preprocessed_gradient_recomputed(
     chained: optax.GradientTransformation,
-    decay: optax.GradientTransformation,
+    preprocess: optax.GradientTransformation,
     learning_rate: ScalarOrSchedule,
     momentum: Any,
 ) -> optax.GradientTransformation:
-  r"""`chained` (decay, then Nesterov SGD), bit for bit, without a temporary.
+  r"""`chained` (decay or LARC, then Nesterov SGD), bit for bit, without a temporary.
 
-  Nesterov momentum reads the decayed gradient :math:`d = g + \lambda y`
-  twice, in :math:`b' = d + u b` and in the step :math:`d + u b'`. XLA:CPU
-  then writes :math:`d` to a fresh parameter-sized buffer and reads it back
-  (3.2x the time of `optax.sgd` on a 100M-parameter tree, measured by
-  `benchmarks.optimizer_cost`). Here the step's :math:`d` is computed again
-  from the same gradient and parameters, passed through
-  `jax.lax.optimization_barrier` so that XLA cannot merge the two: each is
-  fused into its consumer, and the operations, hence the bits, are optax's.
+  Nesterov momentum reads the preprocessed gradient :math:`d` (:math:`g +
+  \lambda y`, or LARC's scaled one) twice, in :math:`b' = d + u b` and in the
+  step :math:`d + u b'`. XLA:CPU then writes :math:`d` to a fresh
+  parameter-sized buffer and reads it back (3.2x the time of `optax.sgd` on a
+  100M-parameter tree, `benchmarks.optimizer_cost`). Here the step's
+  :math:`d` is computed again from the same gradient and parameters, passed
+  through `jax.lax.optimization_barrier` so that XLA cannot merge the two:
+  each is fused into its consumer, and the operations, hence the bits, are
+  optax's (for LARC the two norms are computed twice: two reads, no write).
   """
   scale = optax.scale_by_learning_rate(learning_rate)
 
   def update_fn(updates, state, params=None):
     _, next_state = chained.update(updates, state, params)
-    decay_state, (_, scale_state) = state
+    preprocess_state, (_, scale_state) = state
     grads, params_again = jax.lax.optimization_barrier((updates, params))
-    decayed, _ = decay.update(grads, decay_state, params_again)
+    preprocessed, _ = preprocess.update(grads, preprocess_state, params_again)
     next_trace = next_state[1][0].trace
     # optax.trace's Nesterov step, g + decay * t, on the same operands.
-    direction = jax.tree.map(lambda g, t: g + momentum * t, decayed, next_trace)
+    direction = jax.tree.map(lambda g, t: g + momentum * t, preprocessed,
+                             next_trace)
     steps, _ = scale.update(direction, scale_state)
     return steps, next_state
 

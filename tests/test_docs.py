@@ -26,6 +26,7 @@ import sys
 import pytest
 
 import extrap_optax
+from tests import test_repository_text
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -158,3 +159,13 @@ def test_docs_build_without_warnings(tmp_path):
   assert 'id="extrap_optax.extrap_sgd"' in api
   reproduction = (tmp_path / "html" / "reproduction.html").read_text()
   assert 'href="reproduction_fig1_cpu.html"' in reproduction
+  # Offline: MathJax is served with the site (sphinx-mathjax-offline), no page
+  # loads a script from elsewhere, and no page links to a repository that is
+  # not a known real one (tests/test_repository_text.py).
+  assert 'src="_static/mathjax/tex-chtml.js"' in api
+  assert (tmp_path / "html" / "_static" / "mathjax" / "tex-chtml.js").is_file()
+  for page in (tmp_path / "html").glob("*.html"):
+    text = page.read_text()
+    remote = re.findall(r'<script[^>]*\bsrc="(?:https?:)?//[^"]*"', text)
+    assert not remote, f"{page.name} loads scripts from the network: {remote}"
+    assert not test_repository_text.unknown_repository_links(text), page.name

@@ -153,7 +153,7 @@ def test_docs_build_without_warnings(tmp_path):
   assert not result.stderr.strip(), result.stderr
   for page in ("index", "getting_started", "algorithms", "training_script",
                "experiments", "reproduction", "reproduction_fig1_cpu",
-               "benchmarks", "api"):
+               "benchmarks", "contract", "api"):
     assert (tmp_path / "html" / f"{page}.html").is_file(), page
   api = (tmp_path / "html" / "api.html").read_text()
   assert 'id="extrap_optax.extrap_sgd"' in api

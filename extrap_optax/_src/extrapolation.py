@@ -165,8 +165,10 @@ def make_extrapolated(
       and extrapolation_rate == 0)
 
   def init_fn(params: optax.Params) -> ExtrapolationState:
-    # A copy, so that `params` and the state can both be donated to a jitted step.
-    shared = jax.tree.map(lambda p: jnp.array(p, copy=True), params)
+    # A copy, so that `params` and the state can both be donated to a jitted
+    # step; abstract params (`jax.ShapeDtypeStruct`) give an abstract y.
+    shared = jax.tree.map(lambda p: p if isinstance(p, jax.ShapeDtypeStruct)
+                          else jnp.array(p, copy=True), params)
     return ExtrapolationState(
         count=jnp.zeros((), jnp.int32), shared_params=shared,
         base_state=base.init(params))

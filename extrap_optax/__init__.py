@@ -35,6 +35,7 @@ from extrap_optax._src.sgd import nesterov_sgd
 from extrap_optax._src.sgd import noise_extrap_sgd
 from extrap_optax._src.smoothness import smoothness_probe
 from extrap_optax._src.workers import check_per_worker
+from extrap_optax._src.workers import over_stacked_workers
 from extrap_optax._src.workers import Workers
 
 __version__ = "0.1.0"
@@ -66,6 +67,7 @@ __all__ = (
     "minibatch_sgd",
     "nesterov_sgd",
     "noise_extrap_sgd",
+    "over_stacked_workers",
     "past_gradient",
     "post_local_sgd",
     "scale_by_larc",

@@ -440,30 +440,43 @@ def _explicit_mesh_params():
   return mesh, sharding
 
 
-def check_sharding_type_init_matches_update(factory, hp):
+def _explicit_mesh_transformation(factory, hp, stacked):
+  """`factory(**hp)`, or its K=8 workers stacked over the mesh axis (global view).
+
+  With `stacked`, the transformation is `extrap_optax.over_stacked_workers`
+  of the per-worker one, and the parameters carry a leading worker axis
+  sharded over the mesh: (8, 8, 4), P('x').
+  """
+  mesh, sharding = _explicit_mesh_params()
+  if not stacked:
+    return factory(**hp), mesh, (2, 8, 4), sharding
+  tx = extrap_optax.over_stacked_workers(
+      factory(axis_name="workers", **hp), axis_name="workers")
+  return tx, mesh, (8, 8, 4), jax.sharding.NamedSharding(mesh, jax.P("x"))
+
+
+def check_sharding_type_init_matches_update(factory, hp, stacked=False):
   """Under an explicit mesh, `update` returns a state of the types `init` gave.
 
   optax's `test_state_sharding_type_init_match_update`: the types
   (`jax.typeof`: shape, dtype and sharding) of every state leaf.
   """
-  tx = factory(**hp)
-  mesh, sharding = _explicit_mesh_params()
+  tx, mesh, shape, sharding = _explicit_mesh_transformation(factory, hp, stacked)
   with jax.set_mesh(mesh):
-    params = jnp.zeros((2, 8, 4), dtype=jnp.float16, out_sharding=sharding)
+    params = jnp.zeros(shape, dtype=jnp.float16, out_sharding=sharding)
     state0 = tx.init(params)
     _, state1 = tx.update(params, state0, params)
     assert (jax.tree.map(jax.typeof, state0) == jax.tree.map(jax.typeof, state1))
 
 
-def check_sharding_type_preserved_with_jit(factory, hp):
+def check_sharding_type_preserved_with_jit(factory, hp, stacked=False):
   """Under an explicit mesh, jitted `init`/`update` give the eager ones' types.
 
   optax's `test_state_sharding_type_preserved_with_jit`.
   """
-  tx = factory(**hp)
-  mesh, sharding = _explicit_mesh_params()
+  tx, mesh, shape, sharding = _explicit_mesh_transformation(factory, hp, stacked)
   with jax.set_mesh(mesh):
-    params = jnp.zeros((2, 8, 4), dtype=jnp.float16, out_sharding=sharding)
+    params = jnp.zeros(shape, dtype=jnp.float16, out_sharding=sharding)
     state0 = tx.init(params)
     state1 = jax.jit(tx.init)(params)
     assert jax.tree.map(jax.typeof, state0) == jax.tree.map(jax.typeof, state1)

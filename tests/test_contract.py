@@ -108,6 +108,10 @@ WORKER_PARAMS = [
     pytest.param(*entry.values, id=f"{entry.id}-K{NUM_WORKERS}")
     for entry in TRANSFORMS if entry.id not in ONE_WORKER_ONLY]
 parametrize_workers = pytest.mark.parametrize(("factory", "hp"), WORKER_PARAMS)
+# The same on 8 workers stacked over an explicit mesh axis (global view).
+parametrize_stacked = pytest.mark.parametrize(("factory", "hp"), [
+    pytest.param(*entry.values, id=f"{entry.id}-stacked8")
+    for entry in TRANSFORMS if entry.id not in ONE_WORKER_ONLY])
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +229,16 @@ def test_sharding_type_preserved_with_jit(factory, hp):
   contract.check_sharding_type_preserved_with_jit(factory, hp)
 
 
+@parametrize_stacked
+def test_sharding_type_init_matches_update_stacked(factory, hp):
+  contract.check_sharding_type_init_matches_update(factory, hp, stacked=True)
+
+
+@parametrize_stacked
+def test_sharding_type_preserved_with_jit_stacked(factory, hp):
+  contract.check_sharding_type_preserved_with_jit(factory, hp, stacked=True)
+
+
 # The table of docs/contract.md: every transformation of TRANSFORMS by every
 # check above, on one worker and on K workers. A check is listed with the test
 # functions that run it; `test_docs_table_is_current` keeps the page in step.
@@ -247,8 +261,9 @@ CHECKS = [
     ("`init` from `jax.ShapeDtypeStruct`, `jax.eval_shape`",
      test_init_from_abstract_params, test_init_from_abstract_params_on_workers),
     ("explicit mesh: `init` and `update` state types equal",
-     test_sharding_type_init_matches_update, None),
-    ("explicit mesh: jit keeps the state types", test_sharding_type_preserved_with_jit, None),
+     test_sharding_type_init_matches_update, test_sharding_type_init_matches_update_stacked),
+    ("explicit mesh: jit keeps the state types",
+     test_sharding_type_preserved_with_jit, test_sharding_type_preserved_with_jit_stacked),
 ]
 DOCS_PAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "contract.md"
 TABLE_BEGIN, TABLE_END = "<!-- contract-table:begin -->", "<!-- contract-table:end -->"
@@ -264,7 +279,8 @@ def contract_table() -> str:
     for _, one_worker, on_workers in CHECKS:
       cell = "1"
       if on_workers is not None and entry.id not in ONE_WORKER_ONLY:
-        cell += f", K={NUM_WORKERS}"
+        cell += (", stacked K=8" if on_workers.__name__.endswith("_stacked")
+                 else f", K={NUM_WORKERS}")
       cells.append(cell)
     lines.append("| " + " | ".join(cells) + " |")
   legend = [f"{i}. {title} (`{one.__name__}`"

@@ -169,3 +169,18 @@ def test_docs_build_without_warnings(tmp_path):
     remote = re.findall(r'<script[^>]*\bsrc="(?:https?:)?//[^"]*"', text)
     assert not remote, f"{page.name} loads scripts from the network: {remote}"
     assert not test_repository_text.unknown_repository_links(text), page.name
+
+
+def test_the_jax_limitation_of_the_global_view_page_still_reproduces():
+  """The reproduction in docs/training_script.md fails as the page says.
+
+  When a JAX release lowers the reduction, this fails: then
+  `over_stacked_workers` may drop its `auto_axes` and the page its paragraph.
+  """
+  page = (DOCS / "training_script.md").read_text()
+  block = next(b for b in re.findall(r"^```python\n(.*?)^```$", page, re.M | re.S)
+               if "jax.lax.psum(v, 0)" in b)
+  result = subprocess.run([sys.executable, "-c", block], cwd=REPO,
+                          capture_output=True, text=True)
+  assert result.returncode != 0
+  assert "does not evenly divide the dimension size 3" in result.stderr

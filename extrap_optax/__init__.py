@@ -10,6 +10,7 @@ from extrap_optax._src.adam import extrap_adam
 from extrap_optax._src.collectives import all_reduce_mean
 from extrap_optax._src.collectives import AllReduceMeanState
 from extrap_optax._src.collectives import worker_index
+from extrap_optax._src.elastic import resize_workers
 from extrap_optax._src.extrapolation import evaluation_params
 from extrap_optax._src.extrapolation import extrapolate
 from extrap_optax._src.extrapolation import ExtrapolationState
@@ -70,6 +71,7 @@ __all__ = (
     "over_stacked_workers",
     "past_gradient",
     "post_local_sgd",
+    "resize_workers",
     "scale_by_larc",
     "smoothness_probe",
     "smoothout_noise",

@@ -6,10 +6,13 @@ Build from the repository root (the README's command), warnings as errors:
 
 The API reference is generated from the docstrings of the checkout's
 `extrap_optax` (autodoc, Google-style sections through napoleon); prose pages
-are MyST Markdown.
+are MyST Markdown. The site works without a network: MathJax comes from the
+`sphinx-mathjax-offline` package (copied into `_static/mathjax/`), the source
+of each API entry is a page of the site (`sphinx.ext.viewcode`), and a link to
+a repository file that is not a page downloads the file. The project has no
+public repository to link to.
 """
 
-import inspect
 import os
 import pathlib
 import sys
@@ -26,14 +29,14 @@ project = "extrap_optax"
 author = "The extrap_optax authors"
 copyright = "2026, The extrap_optax authors"  # pylint: disable=redefined-builtin
 release = version = extrap_optax.__version__
-REPO_URL = "https://github.com/extrap-optax/extrap_optax"
 
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
-    "sphinx.ext.linkcode",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax 3 served from _static/, not a CDN
     "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
     "myst_parser",
     "repo_pages",
 ]
@@ -55,31 +58,8 @@ myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3
 
 repo_pages_root = str(REPO)
-repo_pages_url = REPO_URL
 
 html_theme = "sphinx_book_theme"
 html_title = "extrap_optax"
-html_theme_options = {
-    "repository_url": REPO_URL,
-    "use_repository_button": True,
-    "show_toc_level": 2,
-}
+html_theme_options = {"show_toc_level": 2}
 
-
-def linkcode_resolve(domain, info):
-  """The GitHub address of a documented object's source lines."""
-  if domain != "py" or not info["module"]:
-    return None
-  obj = sys.modules.get(info["module"])
-  for part in info["fullname"].split("."):
-    obj = getattr(obj, part, None)
-  try:
-    obj = inspect.unwrap(obj)
-    path = pathlib.Path(inspect.getsourcefile(obj)).resolve()
-    lines, start = inspect.getsourcelines(obj)
-  except (TypeError, OSError):
-    return None
-  if REPO not in path.parents:
-    return None
-  return (f"{REPO_URL}/blob/main/{path.relative_to(REPO).as_posix()}"
-          f"#L{start}-L{start + len(lines) - 1}")

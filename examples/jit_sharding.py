@@ -17,8 +17,8 @@ devices of its slice of the batch. `--optimizer` switches between `optax.sgd`
 
 The mesh axes are `AxisType.Auto`: under `jax.make_mesh`'s default explicit
 axes, JAX 0.10 cannot batch a collective over a `vmap` axis (it fails with
-"Sharding spec ... does not evenly divide"); with explicit axes use the
-`shard_map` style (`examples/shard_map_mesh.py`).
+"Sharding spec ... does not evenly divide"). New code on explicit axes: the
+global view of `examples/global_view.py`.
 """
 
 from __future__ import annotations

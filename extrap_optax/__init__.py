@@ -18,6 +18,7 @@ from extrap_optax._src.communication import PeriodicOuterStepState
 from extrap_optax._src.communication import synchronous
 from extrap_optax._src.communication import SynchronousState
 from extrap_optax._src.extrapolation import averages_models
+from extrap_optax._src.elastic import resize_workers
 from extrap_optax._src.extrapolation import evaluation_params
 from extrap_optax._src.extrapolation import extrapolate
 from extrap_optax._src.extrapolation import ExtrapolationState
@@ -44,6 +45,7 @@ from extrap_optax._src.sgd import nesterov_sgd
 from extrap_optax._src.sgd import noise_extrap_sgd
 from extrap_optax._src.smoothness import smoothness_probe
 from extrap_optax._src.workers import check_per_worker
+from extrap_optax._src.workers import over_stacked_workers
 from extrap_optax._src.workers import Workers
 
 __version__ = "0.1.0"
@@ -81,10 +83,12 @@ __all__ = (
     "minibatch_sgd",
     "nesterov_sgd",
     "noise_extrap_sgd",
+    "over_stacked_workers",
     "past_gradient",
     "periodic_averaging",
     "periodic_outer_step",
     "post_local_sgd",
+    "resize_workers",
     "scale_by_larc",
     "smoothness_probe",
     "smoothout_noise",

@@ -253,3 +253,233 @@ def check_checkpoint_round_trip(factory, hp, directory):
                 state=restored["opt_state"], first_step=2, step=step)
   for got, expected in zip(resumed, uninterrupted[2:]):
     assert_trees_equal(got, expected)
+
+
+# The checks below port optax's shared optimizer tests (optax 0.2.8:
+# optax/contrib/_common_test.py, optax/_src/sharding_test.py). Each takes an
+# optional `workers` (`extrap_optax.Workers`): then the transformation is built
+# with `axis_name=workers.axis_name` and every step runs on K workers through
+# `workers.map`, each worker on its own batch.
+
+
+def build(factory, hp, workers=None):
+  """`factory(**hp)` for one worker, or for the K workers of `workers`."""
+  if workers is None:
+    return factory(**hp)
+  return factory(axis_name=workers.axis_name, **hp)
+
+
+def _per_worker(fn, workers, in_axes=0):
+  """`fn` jitted for one worker, or run on every worker of `workers`."""
+  return jax.jit(fn) if workers is None else workers.map(fn, in_axes=in_axes)
+
+
+def _start(workers, dtype=jnp.float32):
+  """The initial params, and the step's batch index per worker."""
+  params = init_params(dtype)
+  if workers is None:
+    return params, lambda t: t
+  ranks = np.arange(workers.num_workers)
+  return (workers.replicate(params),
+          lambda t: workers.put((t * workers.num_workers + ranks) % len(_INPUTS)))
+
+
+def check_extra_args(factory, hp, workers=None):
+  """`update` takes keyword arguments it does not use, and a later call does not compile.
+
+  optax's `test_optimizers_accept_extra_args`: optimizers are
+  `GradientTransformationExtraArgs`, so they can sit in a chain with
+  transformations that need extra arguments (e.g. `value=`).
+  """
+  tx = build(factory, hp, workers)
+
+  def step(params, state, t):
+    grads = grad_fn(params, t)
+    updates, state = tx.update(
+        grads, state, params, unexpected_extra_args_your_optimizer_doesnt_expect=1)
+    return optax.apply_updates(params, updates), state
+
+  step = _per_worker(step, workers)
+  params, batch = _start(workers)
+  state = _per_worker(tx.init, workers)(params)
+  for t in range(2):
+    params, state = step(params, state, batch(t))
+  with count_compilations() as compilations:
+    step(params, state, batch(2))
+  assert compilations == [], "update compiled again on a later call"
+
+
+def check_preserve_dtype(factory, hp, dtype, workers=None):
+  """Updates have the dtype of the parameters (optax's `test_preserve_dtype`)."""
+  tx = build(factory, hp, workers)
+  params, batch = _start(workers, dtype)
+  state = _per_worker(tx.init, workers)(params)
+
+  def update(params, state, t):
+    return tx.update(grad_fn(params, t), state, params)[0]
+
+  updates = _per_worker(update, workers)(params, state, batch(0))
+  for leaf, param in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+    assert leaf.dtype == param.dtype, f"{dtype} params got {leaf.dtype} updates"
+
+
+def check_gradient_accumulation(factory, hp, dtype, workers=None):
+  """Inside `optax.MultiSteps(k=4)` the first update is exactly zero, in the params' dtype.
+
+  optax's `test_gradient_accumulation` (it catches, e.g., a state whose dtype
+  changes between the mini-steps, which `MultiSteps`' `lax.cond` rejects).
+  """
+  tx = optax.MultiSteps(build(factory, hp, workers), every_k_schedule=4)
+  params, batch = _start(workers, dtype)
+  state = _per_worker(tx.init, workers)(params)
+
+  def update(params, state, t):
+    return tx.update(grad_fn(params, t), state, params)[0]
+
+  updates = _per_worker(update, workers)(params, state, batch(0))
+  for leaf, param in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+    assert leaf.dtype == param.dtype
+    np.testing.assert_array_equal(np.asarray(leaf, np.float32), 0.0)
+
+
+def check_cond_stability(factory, hp, dtype, workers=None):
+  """The state keeps its shapes and dtypes through `lax.cond` and `jit`.
+
+  optax's `test_state_shape_dtype_shard_stability`: both branches of a
+  `lax.cond` (an update, or no update) must have the same types, so a state
+  leaf whose dtype, weak type or shape changes on `update` fails to trace.
+  """
+  with jax.enable_x64(dtype == jnp.float64):
+    tx = build(factory, hp, workers)
+    params, batch = _start(workers, dtype)
+    state = _per_worker(tx.init, workers)(params)
+
+    def step(params, state, t):
+      grads = grad_fn(params, t)
+      take = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
+      updates, state = jax.lax.cond(
+          take, lambda: tx.update(grads, state, params), lambda: (params, state))
+      return optax.apply_updates(params, updates), state
+
+    def keep_either(state, new_state):
+      take = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
+      return jax.lax.cond(take, lambda: state, lambda: new_state)
+
+    step = _per_worker(step, workers)
+    keep_either = _per_worker(keep_either, workers)
+    for t in range(2):
+      params, new_state = step(params, state, batch(t))
+      assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(params))
+      state = keep_either(state, new_state)
+
+
+def check_learning_rate_schedule(factory, hp):
+  """A constant schedule trains exactly like the constant it returns.
+
+  optax's `test_optimizers_accept_learning_rate_schedule_if_type_annotated_as_such`,
+  for every rate hyperparameter (γ, and γ̂ where there is one).
+  """
+  rates = [name for name in ("learning_rate", "extrapolation_rate") if name in hp]
+  assert rates, "the transformation has no rate to schedule"
+  scheduled = {**hp, **{name: optax.constant_schedule(hp[name]) for name in rates}}
+  expected = run(factory(**hp), init_params())
+  actual = run(factory(**scheduled), init_params())
+  for (params, state), (ref_params, ref_state) in zip(actual, expected):
+    assert_trees_close(params, ref_params)
+    assert_trees_close(extrap_optax.evaluation_params(params, state),
+                       extrap_optax.evaluation_params(ref_params, ref_state))
+
+
+def check_map_params(factory, hp):
+  """`optax.tree.map_params` reaches the parameter-shaped leaves of the state.
+
+  optax's `test_optimizers` applies it as a no-op; here it also changes the
+  parameter-shaped leaves (to ShapeDtypeStructs) and nothing else.
+  """
+  tx = factory(**hp)
+  params = init_params()
+  state = run(tx, params, num_steps=2)[-1][1]
+  assert_trees_equal(optax.tree.map_params(tx, lambda v: v, state), state)
+  abstract = optax.tree.map_params(tx, ocp.utils.to_shape_dtype_struct, state)
+  param_shapes = {p.shape for p in jax.tree.leaves(params)}
+  for leaf, original in zip(jax.tree.leaves(abstract), jax.tree.leaves(state)):
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+      assert leaf.shape in param_shapes and leaf.dtype == original.dtype
+    else:
+      assert leaf is original
+
+
+def check_abstract_init(factory, hp, workers=None):
+  """`init` takes `jax.ShapeDtypeStruct`s, and `jax.eval_shape` of it matches `init`.
+
+  optax's `test_init_with_abstract_input` (shapes known, no arrays yet: the
+  way a sharded or checkpoint-restored state is built).
+  """
+  tx = build(factory, hp, workers)
+  params = jax.ShapeDtypeStruct(shape=(2, 4, 8), dtype=jnp.float32)
+  concrete = jnp.zeros((2, 4, 8), jnp.float32)
+  if workers is None:
+    abstract_state = tx.init(params)
+    shapes = jax.eval_shape(tx.init, params)
+    expected = tx.init(concrete)
+    assert (jax.tree.map(lambda x: (x.shape, x.dtype), abstract_state)
+            == jax.tree.map(lambda x: (x.shape, x.dtype), expected))
+  else:
+    init = workers.map(tx.init)
+    stacked = jax.ShapeDtypeStruct((workers.num_workers, 2, 4, 8), jnp.float32)
+    shapes = jax.eval_shape(init, stacked)
+    expected = init(workers.replicate(concrete))
+  assert (jax.tree.map(lambda x: (x.shape, x.dtype), shapes)
+          == jax.tree.map(lambda x: (x.shape, x.dtype), expected))
+
+
+def _explicit_mesh_params():
+  """optax's sharding-test parameters: float16 (2, 8, 4), sharded P(None, 'x')."""
+  mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Explicit,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.P(None, "x"))
+  return mesh, sharding
+
+
+def _explicit_mesh_transformation(factory, hp, stacked):
+  """`factory(**hp)`, or its K=8 workers stacked over the mesh axis (global view).
+
+  With `stacked`, the transformation is `extrap_optax.over_stacked_workers`
+  of the per-worker one, and the parameters carry a leading worker axis
+  sharded over the mesh: (8, 8, 4), P('x').
+  """
+  mesh, sharding = _explicit_mesh_params()
+  if not stacked:
+    return factory(**hp), mesh, (2, 8, 4), sharding
+  tx = extrap_optax.over_stacked_workers(
+      factory(axis_name="workers", **hp), axis_name="workers")
+  return tx, mesh, (8, 8, 4), jax.sharding.NamedSharding(mesh, jax.P("x"))
+
+
+def check_sharding_type_init_matches_update(factory, hp, stacked=False):
+  """Under an explicit mesh, `update` returns a state of the types `init` gave.
+
+  optax's `test_state_sharding_type_init_match_update`: the types
+  (`jax.typeof`: shape, dtype and sharding) of every state leaf.
+  """
+  tx, mesh, shape, sharding = _explicit_mesh_transformation(factory, hp, stacked)
+  with jax.set_mesh(mesh):
+    params = jnp.zeros(shape, dtype=jnp.float16, out_sharding=sharding)
+    state0 = tx.init(params)
+    _, state1 = tx.update(params, state0, params)
+    assert (jax.tree.map(jax.typeof, state0) == jax.tree.map(jax.typeof, state1))
+
+
+def check_sharding_type_preserved_with_jit(factory, hp, stacked=False):
+  """Under an explicit mesh, jitted `init`/`update` give the eager ones' types.
+
+  optax's `test_state_sharding_type_preserved_with_jit`.
+  """
+  tx, mesh, shape, sharding = _explicit_mesh_transformation(factory, hp, stacked)
+  with jax.set_mesh(mesh):
+    params = jnp.zeros(shape, dtype=jnp.float16, out_sharding=sharding)
+    state0 = tx.init(params)
+    state1 = jax.jit(tx.init)(params)
+    assert jax.tree.map(jax.typeof, state0) == jax.tree.map(jax.typeof, state1)
+    _, state2 = tx.update(params, state0, params)
+    _, state3 = jax.jit(tx.update)(params, state0, params)
+    assert jax.tree.map(jax.typeof, state2) == jax.tree.map(jax.typeof, state3)

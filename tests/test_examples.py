@@ -18,7 +18,7 @@ import pytest
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 STYLES = ("pmap_replicated", "pmap_out_axes_none", "shard_map_mesh",
-          "jit_sharding", "flax_nnx")
+          "jit_sharding", "flax_nnx", "global_view")
 STEPS = 6
 
 
@@ -87,7 +87,34 @@ def test_checkpoint_resumes_bit_for_bit(runs):
 
 
 def test_per_worker_state_stays_sharded_over_the_mesh(runs):
-  if runs["style"] not in ("shard_map_mesh", "jit_sharding", "flax_nnx"):
+  if runs["style"] not in ("shard_map_mesh", "jit_sharding", "flax_nnx", "global_view"):
     pytest.skip("pmap places its outputs itself")
   for leaf in jax.tree.leaves((runs["extrap"]["params"], runs["extrap"]["opt_state"])):
     assert leaf.sharding.spec[0] == "batch", leaf.sharding
+
+
+def test_global_view_runs_on_explicit_axes_with_one_all_reduce():
+  """The global-view step: default (explicit) mesh axes, the mean an all-reduce."""
+  module = load("global_view")
+  mesh = jax.make_mesh((jax.device_count(),), ("batch",))
+  assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
+  args = module.argparse.Namespace(optimizer="extrap_sgd", learning_rate=0.2,
+                                   extrapolation_rate=None)
+  tx = module.make_optimizer(args, jax.device_count())
+  with jax.set_mesh(mesh):
+    params = jax.device_put(jax.tree.map(
+        lambda x: np.broadcast_to(x, (jax.device_count(),) + x.shape),
+        module.init_params(jax.random.key(0))), jax.P("batch"))
+    state = jax.jit(tx.init)(params)
+    grads = jax.tree.map(lambda x: x * 0.5, params)
+
+    def update(grads, state, params):
+      return tx.update(grads, state, params)
+
+    hlo = jax.jit(update).lower(grads, state, params).compile().as_text()
+    updates, new_state = jax.jit(update)(grads, state, params)
+  # One all-reduce (XLA combines the leaves'), no gather of the workers' values.
+  assert hlo.count("all-reduce(") >= 1 and "all-gather" not in hlo
+  assert jax.tree.map(jax.typeof, new_state) == jax.tree.map(jax.typeof, state)
+  for leaf in jax.tree.leaves(updates):
+    assert leaf.sharding.spec[0] == "batch"

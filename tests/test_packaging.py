@@ -190,6 +190,11 @@ def test_wheel_installs_alone_and_trains_one_and_k_workers(tmp_path):
     metadata = email.parser.Parser().parsestr(archive.read(metadata_name).decode())
   top_level = {name.split("/")[0] for name in names}
   assert top_level == {"extrap_optax", metadata_name.split("/")[0]}, top_level
+  # The license of pyproject.toml, and its full text (LICENSE) in the wheel.
+  assert metadata["License-Expression"] == PROJECT["license"] == "Apache-2.0"
+  license_name = metadata_name.replace("METADATA", "licenses/LICENSE")
+  with zipfile.ZipFile(wheel) as archive:
+    assert archive.read(license_name) == (REPO / "LICENSE").read_bytes()
   assert "extrap_optax/_src/extrapolation.py" in names
   requires = [r for r in metadata.get_all("Requires-Dist")
               if "extra ==" not in r]
@@ -197,6 +202,7 @@ def test_wheel_installs_alone_and_trains_one_and_k_workers(tmp_path):
   with tarfile.open(sdist) as archive:
     members = {"/".join(m.split("/")[1:3]) for m in archive.getnames()}
   assert "extrap_optax/_src" in members
+  assert "LICENSE" in members
   assert not {m for m in members if m.startswith(("experiments", "benchmarks"))}
 
   venv = tmp_path / "venv"

@@ -9,9 +9,11 @@ edited there. A documentation page that starts with
 is replaced by that file when Sphinx reads it, so the site always shows the
 committed text. The file's relative links are rewritten for the page's place in
 the documentation: a link to another file that is itself shown as a page goes
-to that page, a link to any other file of the repository goes to the file on
-GitHub, an image is taken from the repository, and a link to a path that does
-not exist is a warning (an error under `sphinx-build -W`).
+to that page, a link to any other file of the repository becomes a download of
+that file (MyST copies it into the site's `_downloads/`; the project has no
+public repository to link to), an image is taken from the repository, and a
+link to a directory or to a path that does not exist is a warning (an error
+under `sphinx-build -W`).
 """
 
 from __future__ import annotations
@@ -57,15 +59,18 @@ def _rewrite_target(app: Sphinx, docname: str, source: str, target: str,
                    "repository", location=docname)
     return target
   page_dir = posixpath.dirname(docname)
-  if image:
-    page_path = pathlib.Path(app.srcdir) / page_dir
-    return pathlib.Path(os.path.relpath(repo / resolved, page_path)).as_posix()
   pages = app.env.repo_pages
-  if resolved in pages:
+  if resolved in pages and not image:
     relative = posixpath.relpath(pages[resolved], page_dir or ".")
     return f"{relative}.md{hash_}{anchor}"
-  kind = "tree" if (repo / resolved).is_dir() else "blob"
-  return f"{app.config.repo_pages_url}/{kind}/main/{resolved}{hash_}{anchor}"
+  if (repo / resolved).is_dir():
+    logger.warning(f"{source} links to the directory {target!r}, which the "
+                   "site cannot show: link to a file in it", location=docname)
+    return target
+  page_path = pathlib.Path(app.srcdir) / page_dir
+  relative = pathlib.Path(os.path.relpath(repo / resolved, page_path)).as_posix()
+  # MyST's `path:` scheme: a download of the file, even of a Markdown file.
+  return relative if image else f"path:{relative}"
 
 
 def _rewrite_links(app: Sphinx, docname: str, source: str, text: str) -> str:
@@ -109,7 +114,6 @@ def _read(app: Sphinx, docname: str, content: list[str]) -> None:
 
 def setup(app: Sphinx) -> dict:
   app.add_config_value("repo_pages_root", "", "env")
-  app.add_config_value("repo_pages_url", "", "env")
   app.connect("env-before-read-docs", _find_pages)
   app.connect("source-read", _read)
-  return {"parallel_read_safe": False, "env_version": 1}
+  return {"parallel_read_safe": False, "env_version": 2}

@@ -27,6 +27,7 @@ from extrap_optax._src import collectives
 from extrap_optax._src import communication as communication_lib
 from extrap_optax._src import norms
 from extrap_optax._src import perturbations
+from extrap_optax._src import trees
 from extrap_optax._src import validation
 
 ScalarOrSchedule = float | jax.Array | optax.Schedule
@@ -259,8 +260,7 @@ def extrapolate(
                         and extrapolation_rate == 0)
 
   def init_fn(params: optax.Params) -> ExtrapolationState:
-    # A copy, so that `params` and the state can both be donated to a jitted step.
-    shared = jax.tree.map(lambda p: jnp.array(p, copy=True), params)
+    shared = trees.donatable_copy(params)
     return ExtrapolationState(
         count=jnp.zeros((), jnp.int32), shared_params=shared,
         base_state=base.init(params),
@@ -396,7 +396,28 @@ def evaluation_params(params: optax.Params, state: optax.OptState) -> optax.Para
 
 
 def averages_models(state: optax.OptState) -> bool:
-  """Whether the model of `state` is the average of the workers' (local policies)."""
+  """Whether the model of `state` is the workers' average (a local policy).
+
+  True for the states of `periodic_averaging` and `periodic_outer_step`
+  (post-local SGD, DiLoCo), whose K workers hold K models between rounds;
+  `Workers.evaluation_params` then averages the stacked rows.
+
+  Args:
+    state: an optimizer state (anywhere inside it an `ExtrapolationState`).
+
+  Returns:
+    A Python bool.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import extrap_optax
+    >>> params = jnp.zeros(2)
+    >>> local = extrap_optax.post_local_sgd(0.1, start_step=0, sync_period=4)
+    >>> extrap_optax.averages_models(local.init(params))
+    True
+    >>> extrap_optax.averages_models(extrap_optax.minibatch_sgd(0.1).init(params))
+    False
+  """
   found = _find_state(state)
   return found is not None and communication_lib.averages_models(
       found.communication_state)

@@ -69,7 +69,7 @@ def scale_by_larc(
     clip: bool = True,
     eps: float = 1e-8,
     mask: Mask | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Coupled weight decay and LARC scaling, exactly as NVIDIA apex `LARC`.
 
   For every parameter tensor :math:`w` with gradient :math:`g` (the gradient
@@ -152,7 +152,8 @@ def scale_by_larc(
     mask: which tensors get the LARC scaling (see above).
 
   Returns:
-    An `optax.GradientTransformation` whose `update` requires `params`.
+    An `optax.GradientTransformationExtraArgs` whose `update` requires
+    `params` (and ignores other keyword arguments, as optax's optimizers do).
 
   References:
     You et al., `Large Batch Training of Convolutional Networks
@@ -187,7 +188,8 @@ def scale_by_larc(
     validation.resolve_mask("mask", mask, params)
     return ScaleByLarcState(count=jnp.zeros([], jnp.int32))
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args  # for chains with transformations that take them
     if params is None:
       raise ValueError(
           "scale_by_larc needs the current parameters (the norms ||w|| and the "
@@ -213,7 +215,7 @@ def scale_by_larc(
     updates = jax.tree.map(leaf, updates, params, decay_tree, larc_tree)
     return updates, ScaleByLarcState(count=optax.safe_increment(state.count))
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def larc_sgd(
@@ -260,7 +262,8 @@ def larc_sgd(
     mask: see `scale_by_larc`.
 
   Returns:
-    An `optax.GradientTransformation` whose `update` requires `params`.
+    An `optax.GradientTransformationExtraArgs` whose `update` requires
+    `params` (and ignores other keyword arguments, as optax's optimizers do).
 
   Raises:
     ValueError: for a `momentum` outside [0, 1) or a negative coefficient

@@ -7,7 +7,7 @@
     python -m experiments.main sweep --preset table1 --scale small --dry-run
     python -m experiments.main report --runs runs/
     python -m experiments.main study --study fig1_cpu
-    python -m experiments.main rerun runs/fig1-small/extrap_sgd/seed0/config.json --run-dir /tmp/again
+    python -m experiments.main rerun runs/fig1-small/RUN/seed0/config.json --run-dir /tmp/again --max-steps 5
     python -m experiments.main list
 
 Overrides: `--set dotted.key=value` (repeatable), or equivalently

@@ -58,7 +58,7 @@ class Variant:
   """An extrapolated method of the study and its tuned factor.
 
   Attributes:
-    name: the run name, e.g. "extrap_sgd" or "extrap_sgd_trust_ratio".
+    name: the run name, e.g. "extrap_sgd_trust_ratio".
     label: how the report names it.
     overrides: dotted config key -> value (the method and its options).
     tuned_key: the dotted key of the tuned factor (c).

@@ -135,7 +135,7 @@ class Classification(Task):
     if source == "jpeg_full":
       return cifar_jpeg.load_cifar10_jpeg_full(data_dir(config))
     if source == "jpeg_subset":
-      return cifar_jpeg.load_cifar10_jpegsubset(data_dir(config))
+      return cifar_jpeg.load_cifar10_jpeg_subset(data_dir(config))
     return cifar_tfds.load_cifar_tfds(config.data.dataset)
 
   def init(self, rng: jax.Array) -> tuple[Any, Any]:

@@ -445,8 +445,8 @@ def test_jpeg_full_decodes_checks_and_caches(tmp_path, monkeypatch):
   # A small stand-in for the real file: 2 train and 1 test image per class.
   path = tmp_path / "data" / "cifar10-jpeg" / "cifar10_jpeg_full.npz"
   expected = _write_fake_jpeg_full(path, {"train": 2, "test": 1})
-  monkeypatch.setattr(cifar, "JPEG_FULL_SIZES", {"train": 20, "test": 10})
-  monkeypatch.setattr(cifar, "JPEG_FULL_SHA256", cifar_jpeg.file_sha256(path))
+  monkeypatch.setattr(cifar_jpeg, "JPEG_FULL_SIZES", {"train": 20, "test": 10})
+  monkeypatch.setattr(cifar_jpeg, "JPEG_FULL_SHA256", cifar_jpeg.file_sha256(path))
   cache_dir = tmp_path / "cache"
   data = cifar_jpeg.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
   for key, value in expected.items():
@@ -464,7 +464,7 @@ def test_jpeg_full_decodes_checks_and_caches(tmp_path, monkeypatch):
   real_decode = cifar_jpeg._decode_jpeg_full
   def no_decode(_):
     raise AssertionError("decoded although the cache is valid")
-  monkeypatch.setattr(cifar, "_decode_jpeg_full", no_decode)
+  monkeypatch.setattr(cifar_jpeg, "_decode_jpeg_full", no_decode)
   again = cifar_jpeg.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
   for key, value in expected.items():
     np.testing.assert_array_equal(getattr(again, key), value)
@@ -474,7 +474,7 @@ def test_jpeg_full_decodes_checks_and_caches(tmp_path, monkeypatch):
   def counting_decode(p):
     decodes.append(p)
     return real_decode(p)
-  monkeypatch.setattr(cifar, "_decode_jpeg_full", counting_decode)
+  monkeypatch.setattr(cifar_jpeg, "_decode_jpeg_full", counting_decode)
   cached[0].write_bytes(b"garbage")
   again = cifar_jpeg.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
   np.testing.assert_array_equal(again.train_images, expected["train_images"])
@@ -490,7 +490,7 @@ def test_jpeg_full_decodes_checks_and_caches(tmp_path, monkeypatch):
 
   # Another source file (another sha256) never reuses the old cache.
   expected = _write_fake_jpeg_full(path, {"train": 2, "test": 1}, seed=10)
-  monkeypatch.setattr(cifar, "JPEG_FULL_SHA256", cifar_jpeg.file_sha256(path))
+  monkeypatch.setattr(cifar_jpeg, "JPEG_FULL_SHA256", cifar_jpeg.file_sha256(path))
   again = cifar_jpeg.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
   np.testing.assert_array_equal(again.train_images, expected["train_images"])
   assert len(decodes) == 3 and len(list(cache_dir.iterdir())) == 2
@@ -529,8 +529,8 @@ def test_jpeg_full_rejects_inconsistent_arrays(tmp_path, monkeypatch, change,
     arrays = dict(npz)
   change(arrays)
   np.savez_compressed(path, **arrays)
-  monkeypatch.setattr(cifar, "JPEG_FULL_SIZES", {"train": 20, "test": 10})
-  monkeypatch.setattr(cifar, "JPEG_FULL_SHA256", cifar_jpeg.file_sha256(path))
+  monkeypatch.setattr(cifar_jpeg, "JPEG_FULL_SIZES", {"train": 20, "test": 10})
+  monkeypatch.setattr(cifar_jpeg, "JPEG_FULL_SHA256", cifar_jpeg.file_sha256(path))
   with pytest.raises(ValueError, match=match):
     cifar_jpeg.load_cifar10_jpeg_full(tmp_path, cache_dir=tmp_path / "cache")
   assert not (tmp_path / "cache").exists()

@@ -4,13 +4,14 @@
 retrains the first N steps of a committed run (its config.json was saved
 before each method had its own optimizer fields; the others are dropped).
 
-Bound: floating-point rounding differs between CPU models, and training
-amplifies it. The committed Figure-1 run was trained on an AMD EPYC; re-run
-on an Intel Xeon, its online training loss matched at step 1 and then
-differed by 3e-7, 2e-5, 4e-4, 9e-4 and 3e-3 (relative) at steps 2 to 6. So
-step 1 is compared at rtol 1e-6 and steps 2-4 at rtol 5e-3 (over 10x the
-largest difference observed by step 4); the learning rate, a function of
-the step alone, exactly (rtol 1e-7).
+Bound: floating-point rounding differs between CPU models (and the
+committed run's machine was not recorded), and training amplifies it.
+Re-run on an Intel Xeon, its online training loss matched at step 1 and
+then differed by 3e-7, 2e-5, 4e-4, 9e-4 and 3e-3 (relative) at steps 2 to
+6; on an AMD EPYC (2 cores, jax 0.10.2) by 9e-8, 3e-6, 2e-4, 5e-4, 3e-3 and
+3e-3 at steps 1 to 6. So step 1 is compared at rtol 1e-6 and steps 2-4 at
+rtol 5e-3 (about 10x the largest difference seen by step 4); the learning
+rate, a function of the step alone, exactly (rtol 1e-7).
 """
 
 import json

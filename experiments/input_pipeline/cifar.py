@@ -101,6 +101,8 @@ def augment(images: jax.Array, key: jax.Array) -> jax.Array:
 class DeviceCifar:
   """K-worker training batches made on the device from the global step.
 
+  A `common.Batcher`.
+
   Worker k draws from its own partition `worker_partitions(N, K, seed)[k]`.
   In epoch e it walks through that partition in the order of a permutation
   keyed by `fold_in(fold_in(stream_key(seed, "shuffle"), e), k)`

@@ -280,6 +280,8 @@ def pad_batch(sequences: Sequence[np.ndarray], pad_multiple: int) -> np.ndarray:
 class TranslationBatcher:
   """Length-bucketed (K, B, L) batches, addressable by the global step.
 
+  A `common.Batcher`.
+
   Each epoch (seeded by `(seed, epoch)`): shuffle all pairs and drop the
   `N mod K*B` that come last, cut the rest into pools of `pool_batches`
   global batches, sort each pool by (source length, target length), cut it

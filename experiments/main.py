@@ -7,13 +7,14 @@
     python -m experiments.main sweep --preset table1 --scale small --dry-run
     python -m experiments.main report --runs runs/
     python -m experiments.main study --study fig1_cpu
-    python -m experiments.main rerun runs/fig1-small/extrap_sgd/seed0/config.json --run-dir /tmp/again
+    python -m experiments.main rerun runs/fig1-small/RUN/seed0/config.json --run-dir /tmp/again --max-steps 5
     python -m experiments.main list
 
 Overrides: `--set dotted.key=value` (repeatable), or equivalently
 `--config.dotted.key=value`, changes a field of every run of the preset. The
 value is a Python literal (`0.1`, `(0.5, 0.75)`, `True`, `'tfds'`) or else a
-bare string; ConfigDict checks that it has the field's type.
+bare string; ConfigDict checks that it has the field's type
+(`experiments.configs.overrides`).
 
 Runs go to `<runs-dir>/<preset>-<scale>/<run>/seed<k>/`. A run directory with
 checkpoints is resumed; a completed one is skipped unless `--overwrite`.
@@ -26,7 +27,6 @@ through gloo). Every process runs the same command.
 from __future__ import annotations
 
 import argparse
-import ast
 import itertools
 import json
 import os
@@ -37,41 +37,6 @@ from collections.abc import Sequence
 from typing import Any
 
 COMMANDS = ("run", "sweep", "study", "rerun", "report", "list")
-
-
-def parse_value(text: str):
-  """A Python literal when `text` is one, else the string itself."""
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def apply_overrides(config, overrides: Sequence[str]):
-  """Applies `dotted.key=value` overrides in place; returns the config.
-
-  Raises:
-    ValueError: a malformed override or an unknown field.
-  """
-  for override in overrides:
-    key, sep, text = override.partition("=")
-    if not sep:
-      raise ValueError(f"Override {override!r} is not of the form key=value.")
-    *parents, leaf = key.strip().split(".")
-    node = config
-    for name in parents:
-      if name not in node:
-        raise ValueError(f"Unknown config field {key!r} (no {name!r}).")
-      node = node[name]
-    # Model kwargs are open-ended module attributes; everything else exists.
-    if leaf not in node and parents[-1:] != ["kwargs"]:
-      raise ValueError(f"Unknown config field {key!r}; known fields here: "
-                       f"{', '.join(sorted(node.keys()))}.")
-    value = parse_value(text)
-    if isinstance(node.get(leaf), float) and isinstance(value, int):
-      value = float(value)
-    node[leaf] = value
-  return config
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:
@@ -132,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
   rerun.add_argument("--run-dir", required=True, type=pathlib.Path,
                      help="where the new run goes (resumed if it has "
                           "checkpoints)")
+  rerun.add_argument("--max-steps", default=None, type=int,
+                     help="stop after this step (checkpointed; the same "
+                          "command again continues)")
   report = commands.add_parser("report", help="tables and figures of runs")
   report.add_argument("--runs", required=True, type=pathlib.Path)
   report.add_argument("--out", default=None, type=pathlib.Path,
@@ -150,15 +118,30 @@ def _request_cpu_devices(num_workers: int, num_processes: int) -> None:
   before jax is imported.
   """
   flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" in flags or "jax" in sys.modules:
+  if "xla_force_host_platform_device_count" in flags or _backends_started():
     return
   count = max(1, num_workers // num_processes)
   os.environ["XLA_FLAGS"] = (
       f"{flags} --xla_force_host_platform_device_count={count}".strip())
 
 
+def _backends_started() -> bool:
+  """Whether jax has started its backends (then XLA_FLAGS is read already)."""
+  if "jax" not in sys.modules:
+    return False
+  from jax._src import xla_bridge  # No public API says it.
+
+  return xla_bridge.backends_are_initialized()
+
+
+def _workers_of(configs: Sequence[Any]) -> int:
+  """The most workers any of `configs` asks for (1 for a bad value)."""
+  counts = [c.workers.num_workers for c in configs]
+  return max([n for n in counts if isinstance(n, int) and n > 0], default=1)
+
+
 def _check_configs(configs: Sequence[Any], num_processes: int) -> None:
-  """Exits with every invalid field of `configs` (jax is not imported)."""
+  """Exits with every invalid field of `configs` (jax's backends not started)."""
   from experiments.configs import validation
   for config in configs:
     try:
@@ -198,7 +181,7 @@ def preset_root(args) -> pathlib.Path:
 
 def expand_runs(args) -> list[tuple[str, object, pathlib.Path]]:
   """(label, config, run directory) of every run the command asks for."""
-  from experiments.configs import get_preset, tuning_grid
+  from experiments.configs import get_preset, overrides, tuning_grid
 
   preset = get_preset(args.preset, args.scale)
   seeds = (tuple(int(s) for s in args.seeds.split(",")) if args.seeds
@@ -211,19 +194,15 @@ def expand_runs(args) -> list[tuple[str, object, pathlib.Path]]:
   root = preset_root(args)
   runs = []
   for name in names:
-    base = apply_overrides(preset.runs[name].copy_and_resolve_references(),
-                           args.overrides)
+    base = overrides.apply(preset.runs[name], overrides.parse(args.overrides))
     variants = [((), base)]
     if args.command == "sweep":
       grid = tuning_grid(base)
       variants = []
       for values in itertools.product(*grid.values()):
-        config = base.copy_and_resolve_references()
-        tag = []
-        for key, value in zip(grid, values):
-          apply_overrides(config, [f"{key}={value!r}"])
-          tag.append(f"{key.split('.')[-1]}={value:g}")
-        variants.append((tuple(tag), config))
+        tag = tuple(f"{key.split('.')[-1]}={value:g}"
+                    for key, value in zip(grid, values))
+        variants.append((tag, overrides.apply(base, dict(zip(grid, values)))))
     for tag, config in variants:
       for seed in seeds:
         run = config.copy_and_resolve_references()
@@ -243,42 +222,37 @@ def run_command(args) -> int:
       print(f"{label:60s} seed={config.seed} -> {directory}")
     print(f"{len(runs)} runs.")
     return 0
+  configs = [config for _, config, _ in runs]
+  _request_cpu_devices(_workers_of(configs), args.num_processes)
   # Every run of the grid is checked before the first one starts.
-  _check_configs([config for _, config, _ in runs], args.num_processes)
-  _request_cpu_devices(max(c.workers.num_workers for _, c, _ in runs),
-                       args.num_processes)
-  _check_data([config for _, config, _ in runs])
+  _check_configs(configs, args.num_processes)
+  _check_data(configs)
   _initialize_distributed(args)
   from experiments import report
-  from experiments import train
+  from experiments import runs as runs_lib
 
   failures = 0
   for label, config, directory in runs:
-    summary_path = directory / "summary.json"
-    if summary_path.exists():
-      done = json.loads(summary_path.read_text())
-      if done["status"] == "completed" and not args.overwrite:
-        print(f"{label} seed {config.seed}: already completed in {directory}, "
-              "skipped (--overwrite to redo).")
-        continue
+    if (not args.overwrite
+        and runs_lib.finished_summary(directory, ("completed",))):
+      print(f"{label} seed {config.seed}: already completed in {directory}, "
+            "skipped (--overwrite to redo).")
+      continue
     if args.overwrite and directory.exists():
       shutil.rmtree(directory)
     print(f"== {label} seed {config.seed} -> {directory}")
-    try:
-      train.Trainer(config, directory).train()
-    except train.TrainingDivergedError as error:
-      failures += 1
-      print(error, file=sys.stderr)
+    failures += runs_lib.train(config, directory)["status"] == "diverged"
   from experiments.configs import get_preset
 
   preset = get_preset(args.preset, args.scale)
   root = preset_root(args)
-  text = report.compare(root, claimed_speedup=preset.claimed_speedup)
+  text = report.compare(root, claimed_speedup=preset.claimed_speedup,
+                        baseline=preset.reference)
   runs = report.load_runs(root)
   if runs and all(any(report.SHARED_LOSS_BATCH_STATS in r
                       for r in run["metrics"]) for run in runs):
     text += "\n" + report.compare(root, report.SHARED_LOSS_BATCH_STATS,
-                                   preset.claimed_speedup)
+                                   preset.claimed_speedup, preset.reference)
   if runs and any(report.SHARED_LOSS in r for run in runs
                   for r in run["metrics"]):
     figure = report.plot_comparison(
@@ -296,34 +270,45 @@ def run_command(args) -> int:
 
 
 def rerun_command(args) -> int:
-  """Trains the run that `args.config` describes, in `args.run_dir`."""
-  import ml_collections
+  """Trains the run that `args.config` describes, in `args.run_dir`.
 
-  if not args.config.is_file():
-    raise SystemExit(f"No such config file: {args.config}.")
-  config = ml_collections.ConfigDict(json.loads(args.config.read_text()))
+  With `--max-steps N` it stops after step N: the first N steps of a
+  committed run, to compare with its `metrics.jsonl`.
+  """
+  from experiments.configs import overrides
+
+  if args.max_steps is not None and args.max_steps < 1:
+    raise SystemExit(f"--max-steps={args.max_steps} must be positive.")
+  try:
+    config = overrides.load(args.config)
+  except (FileNotFoundError, ValueError) as error:
+    raise SystemExit(f"error: {error}") from None
+  _request_cpu_devices(_workers_of([config]), 1)
   _check_configs([config], 1)
-  _request_cpu_devices(config.workers.num_workers, 1)
   _check_data([config])
-  from experiments import train
+  from experiments import runs
 
-  summary = train.Trainer(config, args.run_dir).train()
+  summary = runs.train(config, args.run_dir, stop_at_step=args.max_steps)
   print(json.dumps(summary, indent=2))
-  return 0 if summary["status"] == "completed" else 1
+  stopped_as_asked = (summary["status"] == "stopped"
+                      and summary["steps"] == args.max_steps)
+  return 0 if summary["status"] == "completed" or stopped_as_asked else 1
 
 
 def study_command(args) -> int:
   """Runs (or continues) a study, then writes its report."""
   from experiments.configs import studies
   from experiments import study as study_lib
+  from experiments import study_report
 
   study = studies.get_study(args.study)
   if args.max_steps is not None and args.max_steps < 1:
     raise SystemExit(f"--max-steps={args.max_steps} must be positive.")
   root = args.runs_dir / f"study-{study.name}"
+  if not args.dry_run:
+    _request_cpu_devices(_workers_of([study.base]), 1)
   _check_configs([study.base], 1)
   if not args.dry_run:
-    _request_cpu_devices(study.base.workers.num_workers, 1)
     _check_data([study.base])
   runner = study_lib.StudyRunner(study, root, max_steps=args.max_steps,
                                  dry_run=args.dry_run)
@@ -339,7 +324,8 @@ def study_command(args) -> int:
     print(f"{len(runner.planned)} runs next (later stages depend on their "
           "results).")
     return 0
-  text = study_lib.write_report(study, root, args.report_dir or root / "report")
+  text = study_report.write_report(study, root,
+                                   args.report_dir or root / "report")
   print(text)
   if not finished:
     print("The study is not finished; the report shows the runs so far.")

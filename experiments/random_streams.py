@@ -26,7 +26,7 @@ PURPOSES = (
     "shuffle",     # each worker's order within an epoch
     "augment",     # random crops and flips
     "dropout",     # per step and worker
-    "noise",       # the extrapolation noise of noise_extrap_sgd
+    "noise",       # the extrapolation noise of the noise methods
 )
 
 

@@ -3,7 +3,7 @@
 - `plot_run(run_dir)`: `curves.png` of one run (the trainer calls it).
 - `compare(root)`: a Markdown comparison of the runs under `root` (e.g. one
   preset): the shared point's training loss reached, the steps to reach
-  mini-batch SGD's final one and the speed-up, the task's test metric, wall
+  the baseline's final one and the speed-up, the task's test metric, wall
   time.
 - `write_report(runs_root)`: every preset found under `runs_root` as the
   paper's table (our mean ± std next to the published value) or figure.
@@ -24,6 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from experiments.configs.paper_results import PAPER_RESULTS
+from experiments.metrics_log import read_metrics
 
 # Training losses are noisy per step; comparisons use a running mean over this
 # fraction of an epoch's records (at least one record).
@@ -34,30 +35,6 @@ SHARED_LOSS = "shared_point_train_loss"
 SHARED_LOSS_BATCH_STATS = "shared_point_train_loss_batch_stats"
 # A run's final loss is the mean of its last few measurements.
 FINAL_POINTS = 3
-
-
-def read_metrics(run_dir: pathlib.Path) -> list[dict[str, Any]]:
-  """The records of `metrics.jsonl`, without a last line cut by a crash.
-
-  Raises:
-    ValueError: a line other than the last is not valid JSON.
-  """
-  path = pathlib.Path(run_dir) / "metrics.jsonl"
-  if not path.exists():
-    return []
-  lines = path.read_text().split("\n")
-  records = []
-  for number, line in enumerate(lines, 1):
-    if not line:
-      continue
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError as error:
-      if number == len(lines):  # No newline yet: the write was cut short.
-        break
-      raise ValueError(f"{path}, line {number}, is not valid JSON ({error}); "
-                       "only a last line cut by a crash is expected.") from error
-  return records
 
 
 def load_runs(root: pathlib.Path) -> list[dict[str, Any]]:
@@ -146,18 +123,24 @@ def _group(runs, key=lambda s: s["name"]):
   return groups
 
 
-def _mean_std(values) -> tuple[float, float]:
-  values = [v for v in values if v is not None and math.isfinite(v)]
+def _finite(values) -> list[float]:
+  return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def _mean(values) -> float:
+  values = _finite(values)
+  return float(np.mean(values)) if values else math.nan
+
+
+def format_mean_sd(values: Sequence[float | None], digits: int = 2) -> str:
+  """The finite `values` as "mean ± sample SD", one as itself, none as "n/a"."""
+  values = _finite(values)
   if not values:
-    return math.nan, math.nan
-  return float(np.mean(values)), float(np.std(values))
-
-
-def _fmt(mean: float, std: float, seeds: int, digits: int = 2) -> str:
-  if math.isnan(mean):
     return "n/a"
-  return (f"{mean:.{digits}f} ± {std:.{digits}f}" if seeds > 1
-          else f"{mean:.{digits}f}")
+  if len(values) == 1:
+    return f"{values[0]:.{digits}f}"
+  return (f"{np.mean(values):.{digits}f} ± "
+          f"{np.std(values, ddof=1):.{digits}f}")
 
 
 def _metric_scale(metric: str) -> float:
@@ -165,19 +148,20 @@ def _metric_scale(metric: str) -> float:
 
 
 def compare(root: pathlib.Path, key: str = SHARED_LOSS,
-            claimed_speedup: float | None = None) -> str:
+            claimed_speedup: float | None = None,
+            baseline: tuple[str, str] | None = None) -> str:
   """Markdown comparison of the runs under `root`, grouped by run name.
 
   Methods are compared at the same kind of point: by the shared point's
   training loss `key` (by default `shared_point_train_loss`, y in eval mode,
   what every method evaluates and ships) when the runs measured it, else by
   the smoothed online training loss.
-  The target is mini-batch SGD's final loss (the mean of its last
-  `FINAL_POINTS` measurements) when such a run is there, else the highest of
-  the runs' final losses; "steps to target" is when each run's loss, averaged
-  over its last `FINAL_POINTS` measurements, first reached it (interpolated,
-  mean over seeds), and the speed-up is mini-batch SGD's steps over the
-  method's, seed by seed.
+  The target is the baseline's final loss (the mean of its last
+  `FINAL_POINTS` measurements) when `baseline`, (run name, label), names a
+  run that is there, else the highest of the runs' final losses; "steps to
+  target" is when each run's loss, averaged over its last `FINAL_POINTS`
+  measurements, first reached it (interpolated, mean over seeds), and the
+  speed-up is the baseline's steps over the method's, seed by seed.
 
   With `claimed_speedup` (the paper's "at least 2x"), each method's line
   says plainly whether its mean speed-up reaches that claim.
@@ -206,12 +190,13 @@ def compare(root: pathlib.Path, key: str = SHARED_LOSS,
       return steps_to_reach(records, target)
 
   groups = _group(runs, key=lambda s: (s["name"], s.get("row", "")))
-  baseline = [m for (name, _), m in groups.items() if name == "minibatch_sgd"]
+  base_name, base_label = baseline or ("", "")
+  baseline = [m for (name, _), m in groups.items() if name == base_name]
   targets_by_seed, common = {}, math.nan
   if baseline:
     targets_by_seed = {m["summary"]["seed"]: final(m["metrics"])
                        for m in baseline[0]}
-    target_text = "mini-batch SGD's final loss, per seed"
+    target_text = f"{base_label}'s final loss, per seed"
   else:
     finals = [final(r["metrics"]) for r in runs]
     common = max((f for f in finals if math.isfinite(f)), default=math.nan)
@@ -234,20 +219,18 @@ def compare(root: pathlib.Path, key: str = SHARED_LOSS,
       target = targets_by_seed.get(seed, math.nan) if baseline else common
       reached[name][seed] = reach(member["metrics"], target)
     statuses = ",".join(sorted({s["status"] for s in summaries}))
-    final_loss = _mean_std(final(m["metrics"]) for m in members)
-    metric_value = _mean_std(
-        None if s.get(f"final_{metric}") is None
-        else s[f"final_{metric}"] * scale for s in summaries)
-    wall = _mean_std(s["wall_seconds"] for s in summaries)
+    metric_values = [None if s.get(f"final_{metric}") is None
+                     else s[f"final_{metric}"] * scale for s in summaries]
     steps = max(s["steps"] for s in summaries)
     lines.append(
         f"| {name} | {seeds} | {statuses} | {steps} | "
-        f"{_fmt(*final_loss, seeds, 4)} | "
-        f"{_fmt(*_mean_std(reached[name].values()), seeds, 0)} | "
-        f"{_fmt(*metric_value, seeds)} | {wall[0]:.0f} |")
-  base = reached.get("minibatch_sgd", {})
+        f"{format_mean_sd([final(m['metrics']) for m in members], 4)} | "
+        f"{format_mean_sd(reached[name].values(), 0)} | "
+        f"{format_mean_sd(metric_values)} | "
+        f"{_mean(s['wall_seconds'] for s in summaries):.0f} |")
+  base = reached.get(base_name, {})
   for name, by_seed in reached.items():
-    if name == "minibatch_sgd" or not base:
+    if name == base_name or not base:
       continue
     ratios = [base[seed] / steps for seed, steps in by_seed.items()
               if seed in base and math.isfinite(steps) and steps > 0]
@@ -255,18 +238,18 @@ def compare(root: pathlib.Path, key: str = SHARED_LOSS,
                  if seed in base and not math.isfinite(steps))
     lines.append("")
     if ratios:
-      mean, std = _mean_std(ratios)
+      mean = _mean(ratios)
       shown = round(mean, 2)
       verdict = ("faster" if shown > 1 else "slower" if shown < 1
                  else "no faster, no slower")
       lines.append(
-          f"{name} reached mini-batch SGD's final loss {mean:.2f}x as fast "
-          f"({verdict}; {_fmt(mean, std, len(ratios))} over "
+          f"{name} reached {base_label}'s final loss {mean:.2f}x as fast "
+          f"({verdict}; {format_mean_sd(ratios)} over "
           f"{len(ratios)} seed(s)" + (f", not reached in {missed}" if missed
                                       else "") + ").")
     else:
       mean = math.nan
-      lines.append(f"{name} did not reach mini-batch SGD's final loss.")
+      lines.append(f"{name} did not reach {base_label}'s final loss.")
     if claimed_speedup is not None:
       shown = "never" if math.isnan(mean) else f"{mean:.2f}x"
       lines.append(
@@ -384,10 +367,9 @@ def _table(preset: str, runs: list[dict[str, Any]]) -> str:
     entries = []
     for column in columns:
       members = cells.get((row, column), [])
-      ours = _mean_std(m["summary"].get(f"final_{metric}") * scale
-                       for m in members
-                       if m["summary"].get(f"final_{metric}") is not None)
-      text = _fmt(*ours, len(members)) if members else "not run"
+      ours = [m["summary"].get(f"final_{metric}") * scale for m in members
+              if m["summary"].get(f"final_{metric}") is not None]
+      text = format_mean_sd(ours) if members else "not run"
       if (row, column) in published:
         mean, std = published[(row, column)]
         text += f" / {mean:.2f} ± {std:.2f}"
@@ -428,6 +410,16 @@ def _figure(runs: list[dict[str, Any]], out: pathlib.Path,
   return path
 
 
+def _preset_baseline(directory: str) -> tuple[str, str] | None:
+  """The baseline of the preset run in `<preset>-<scale>` (None: none)."""
+  from experiments import configs
+
+  name, _, scale = directory.rpartition("-")
+  if name not in configs.PRESETS or scale not in configs.SCALES:
+    return None
+  return configs.get_preset(name, scale).reference
+
+
 def write_report(runs_root: pathlib.Path,
                  out: pathlib.Path | None = None) -> str:
   """Writes `report.md` and one figure per preset; returns the Markdown."""
@@ -447,7 +439,8 @@ def write_report(runs_root: pathlib.Path,
       sections += [_table(preset, members), ""]
     figure = _figure(members, out, directory)
     sections += [f"![{directory}]({figure.name})", "",
-                 compare(runs_root / directory), ""]
+                 compare(runs_root / directory,
+                         baseline=_preset_baseline(directory)), ""]
   text = "\n".join(sections)
   (out / "report.md").write_text(text)
   return text

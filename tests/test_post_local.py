@@ -9,6 +9,10 @@ import pytest
 
 import extrap_optax
 from tests import contract
+from tests.extrapolation_problems import GAMMA_HAT
+from tests.extrapolation_problems import trust_ratio_loss
+from tests.extrapolation_problems import trust_ratio_problem
+from tests.extrapolation_problems import TRUST_WEIGHT_DECAY
 
 K = 8
 LR = 0.05
@@ -174,3 +178,29 @@ def test_local_steps_contain_no_collective(workers):
 def test_bad_arguments_are_named(kwargs, name):
   with pytest.raises(ValueError, match=name):
     extrap_optax.post_local_sgd(0.1, **kwargs)
+
+
+def test_post_local_trust_ratio_needs_the_default_perturbation():
+  with pytest.raises(ValueError, match="`extrapolation_scaling`.*`perturbation`"):
+    extrap_optax.post_local_sgd(
+        0.1, start_step=1, sync_period=2, extrapolation_rate=0.01,
+        perturbation=extrap_optax.gradient_noise(), extrapolation_scaling="trust_ratio")
+
+
+def test_post_local_sgd_before_t0_is_trust_ratio_extrap_sgd():
+  x0, c, d = trust_ratio_problem()
+  hp = dict(extrapolation_rate=GAMMA_HAT, weight_decay=TRUST_WEIGHT_DECAY,
+            trust_coefficient=0.02, extrapolation_scaling="trust_ratio")
+  data = jax.tree.map(lambda x: jnp.asarray(x[0], jnp.float32), (c, d))
+  results = []
+  for tx in (extrap_optax.extrap_sgd(0.1, **hp),
+             extrap_optax.post_local_sgd(0.1, start_step=10, sync_period=2, **hp)):
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), x0)
+    state = tx.init(params)
+    for _ in range(3):
+      grads = jax.grad(trust_ratio_loss)(params, *data)
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+    results.append(params)
+  for name in x0:
+    contract.assert_trees_close(results[1][name], results[0][name], err_msg=name)

@@ -5,7 +5,7 @@ from experiments.configs.presets import get_preset
 from experiments.configs.presets import Preset
 from experiments.configs.presets import PRESETS
 from experiments.configs.presets import SCALES
-from experiments.configs.presets import tuning_grid
+from experiments.methods import tuning_grid
 
 __all__ = ["PRESETS", "Preset", "SCALES", "get_config", "get_preset",
            "tuning_grid"]

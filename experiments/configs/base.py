@@ -5,12 +5,15 @@ default and change what their experiment changes; the command line changes
 any field with `--set dotted.key=value` (`experiments.main`).
 
 Conventions:
+- `optimizer` holds the fields of its method only (`experiments.methods`).
 - `optimizer.base_learning_rate` is the *unscaled* rate γ0 of one worker's
   batch; the schedule scales it by K·B/B_ref (Goyal et al., 2017).
 - `optimizer.trust_coefficient = 0` means no LARS.
 - `optimizer.extrapolation_scale` is c in γ̂_t = c·γ_t/K (App. C.1), or in
   γ̂_t = c·(γ̃/K)·γ_t/γ_peak with `optimizer.extrapolation_scaling =
   "trust_ratio"`.
+- `optimizer.grad_clip_norm` clips each worker's local gradient to this global
+  norm (LSTM: 0.4); 0 is off.
 - Intervals (`*_every_steps`) of 0 mean "never"; evaluation and checkpoints
   also happen at the last step.
 """
@@ -19,11 +22,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments import methods
+
 TASKS = ("classification", "language_model", "translation")
-METHODS = ("minibatch_sgd", "extrap_sgd", "noise_extrap_sgd", "post_local_sgd",
-           "post_local_extrap_sgd", "adam", "extrap_adam")
-NOISES = ("uniform", "gaussian", "smoothout", "gradient")
-EXTRAPOLATION_SCALINGS = ("none", "trust_ratio")
 SCHEDULES = ("goyal", "constant", "inverse_sqrt")
 DATA_SOURCES = ("auto", "tfds", "jpeg", "local", "jpeg_full", "jpeg_subset",
                 "synthetic")
@@ -32,7 +33,7 @@ DATA_SOURCES = ("auto", "tfds", "jpeg", "local", "jpeg_full", "jpeg_subset",
 def get_config() -> ml_collections.ConfigDict:
   """ResNet-20 on CIFAR-10, K=32 x B=256, 300 epochs, EXTRAP-SGD with LARS."""
   config = ml_collections.ConfigDict()
-  config.name = "extrap_sgd"
+  config.name = methods.EXTRAP_SGD.name
   # Where the run sits in the report: preset, table row and column (or curve).
   config.preset = ""
   config.row = ""
@@ -79,30 +80,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.workers.local_batch_size = 256
   config.workers.backend = "shard_map"
 
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.method = "extrap_sgd"
-  config.optimizer.base_learning_rate = 0.1
-  config.optimizer.momentum = 0.9
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.trust_coefficient = 0.02
-  config.optimizer.extrapolation_scale = 1.0
-  # EXTRAP-SGD's past gradient (extrap_sgd, post_local_extrap_sgd).
-  # "none": γ̂_t = c·γ_t/K on the raw past gradient (§3.1); "trust_ratio":
-  # LARS-scaled past gradient with γ̂_t = c·(γ̃/K)·γ_t/γ_peak (App. C.1's
-  # reading; follows the warm-up like the LARS step does). Needs LARS
-  # (trust_coefficient > 0).
-  config.optimizer.extrapolation_scaling = "none"
-  config.optimizer.noise = "uniform"
-  # Post-local SGD: t0 in epochs (negative: the first learning-rate decay), H.
-  config.optimizer.local_start_epoch = -1.0
-  config.optimizer.sync_period = 8
-  # Adam / EXTRAP-ADAM: the paper's Transformer values (App. C), set here
-  # because the library's defaults are optax's (b2=0.999, eps=1e-8).
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.98
-  config.optimizer.eps = 1e-9
-  # Clip each worker's local gradient to this global norm (LSTM: 0.4); 0: off.
-  config.optimizer.grad_clip_norm = 0.0
+  # The method's own fields and the common ones (`experiments.methods`);
+  # `configs.overrides.apply` with "optimizer.method" switches the method.
+  config.optimizer = methods.optimizer_config(
+      methods.EXTRAP_SGD.name, base_learning_rate=0.1)
 
   config.schedule = ml_collections.ConfigDict()
   config.schedule.name = "goyal"

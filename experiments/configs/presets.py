@@ -18,24 +18,36 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 
+from experiments import methods
 from experiments.configs import base
+from experiments.configs import overrides
 
 SCALES = ("paper", "small", "toy")
 
-# Methods as table columns / figure curves: (run name, overrides of `optimizer`).
-MINIBATCH = ("minibatch_sgd", dict(method="minibatch_sgd"))
-EXTRAP = ("extrap_sgd", dict(method="extrap_sgd"))
-SMOOTHOUT = ("smoothout", dict(method="noise_extrap_sgd", noise="smoothout"))
-UNIFORM = ("extrap_uniform_noise", dict(method="noise_extrap_sgd", noise="uniform"))
+
+
+def _method(method: methods.Method, **fields) -> dict[str, Any]:
+  """The overrides that make a run use `method` with its `fields`."""
+  return {overrides.METHOD_KEY: method.name,
+          **{f"optimizer.{key}": value for key, value in fields.items()}}
+
+
+# Methods as table columns / figure curves: (run name, overrides).
+MINIBATCH = (methods.MINIBATCH_SGD.name, _method(methods.MINIBATCH_SGD))
+EXTRAP = (methods.EXTRAP_SGD.name, _method(methods.EXTRAP_SGD))
+SMOOTHOUT = ("smoothout", _method(methods.NOISE_EXTRAP_SGD, noise="smoothout"))
+UNIFORM = ("extrap_uniform_noise",
+           _method(methods.NOISE_EXTRAP_SGD, noise="uniform"))
 GRADIENT = ("extrap_stochastic_noise",
-            dict(method="noise_extrap_sgd", noise="gradient"))
-POST_LOCAL = ("post_local_sgd", dict(method="post_local_sgd"))
+            _method(methods.NOISE_EXTRAP_SGD, noise="gradient"))
+POST_LOCAL = (methods.POST_LOCAL_SGD.name, _method(methods.POST_LOCAL_SGD))
 POST_LOCAL_EXTRAP = ("extrap_sgd_post_local",
-                     dict(method="post_local_extrap_sgd"))
-NO_LARS = dict(trust_coefficient=0.0)
+                     _method(methods.POST_LOCAL_EXTRAP_SGD))
+NO_LARS = {"optimizer.trust_coefficient": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +62,9 @@ class Preset:
       fields for the report.
     seeds: each run is repeated with these seeds (the paper averages three).
     see_also: where a fuller version of this experiment is reported.
-    claimed_speedup: how many times fewer steps than mini-batch SGD the paper
+    baseline: the run the others are compared against (its final loss is
+      their target); "": none, the highest final loss is the target.
+    claimed_speedup: how many times fewer steps than the baseline the paper
       reports the extrapolated method needs to reach mini-batch SGD's loss
       ("at least 2x" for Figure 1, §5); the comparison says whether the runs
       show it. None: the paper makes no such claim there.
@@ -61,15 +75,16 @@ class Preset:
   runs: dict[str, ml_collections.ConfigDict]
   seeds: tuple[int, ...]
   see_also: str = ""
+  baseline: str = ""
   claimed_speedup: float | None = None
 
-
-def _update(config: ml_collections.ConfigDict, overrides: dict) -> None:
-  for key, value in overrides.items():
-    if isinstance(value, dict):
-      _update(config[key], value)
-    else:
-      config[key] = value
+  @property
+  def reference(self) -> tuple[str, str] | None:
+    """The baseline as (run name, its method's label); None without one."""
+    if not self.baseline:
+      return None
+    method = methods.get(self.runs[self.baseline].optimizer.method)
+    return self.baseline, method.label
 
 
 def cifar(scale: str, model: str = "resnet20",
@@ -201,9 +216,7 @@ def multi30k(scale: str) -> ml_collections.ConfigDict:
   config.model.name = "transformer"
   config.workers.num_workers = 20
   config.workers.local_batch_size = 64
-  config.optimizer.method = "adam"
-  config.optimizer.weight_decay = 0.0
-  config.optimizer.trust_coefficient = 0.0
+  config.optimizer = methods.optimizer_config(methods.ADAM.name)
   config.schedule.name = "inverse_sqrt"
   config.num_epochs = 100.0
   if scale == "small":
@@ -242,14 +255,22 @@ def multi30k(scale: str) -> ml_collections.ConfigDict:
 
 
 def _run(config: ml_collections.ConfigDict, preset: str, name: str, row: str,
-         column: str, **overrides) -> tuple[str, ml_collections.ConfigDict]:
-  config = ml_collections.ConfigDict(config.to_dict())
-  _update(config, overrides)
+         column: str, changes: dict[str, Any]
+         ) -> tuple[str, ml_collections.ConfigDict]:
+  config = overrides.apply(config, changes)
   config.name = name
   config.preset = preset
   config.row = row
   config.column = column
   return name, config
+
+
+def _with_sync_period(changes: dict[str, Any], period: int) -> dict[str, Any]:
+  """`changes` with post-local SGD's H = `period` if the method has an H."""
+  method = methods.get(changes[overrides.METHOD_KEY])
+  if "sync_period" in method.fields:
+    return {**changes, "optimizer.sync_period": period}
+  return changes
 
 
 def _seeds(scale: str) -> tuple[int, ...]:
@@ -279,7 +300,7 @@ def fig1(scale: str) -> Preset:
     config.data.train_eval_size = 2000
     config.probe_every_steps = 30
     config.checkpoint_every_steps = 30
-    methods = (MINIBATCH, EXTRAP)
+    curves = (MINIBATCH, EXTRAP)
   else:
     config = cifar(scale)
     config.schedule.name = "constant"
@@ -289,29 +310,29 @@ def fig1(scale: str) -> Preset:
       config.data.train_eval_size = 5000
       config.train_eval_every_steps = 6
       config.probe_every_steps = 20
-      methods = (MINIBATCH, SMOOTHOUT, UNIFORM, GRADIENT, EXTRAP)
+      curves = (MINIBATCH, SMOOTHOUT, UNIFORM, GRADIENT, EXTRAP)
     else:
       config.data.train_eval_size = 32
       config.train_eval_every_steps = 1
       config.probe_every_steps = 1
-      methods = (MINIBATCH, EXTRAP)
+      curves = (MINIBATCH, EXTRAP)
   runs = dict(_run(config, "fig1", name, config.row or "ResNet-20 on CIFAR-10",
-                   name, optimizer=opt) for name, opt in methods)
+                   name, changes) for name, changes in curves)
   return Preset("fig1", scale, "Figure 1: training loss of the shared point "
                 "without learning-rate decay and the smoothness L of each step "
                 "(ResNet-20, CIFAR-10, K=32 x B=256).", runs, _seeds(scale),
                 see_also=("for the tuned, 3-seed study of this setting see "
                           "results/reproduction/README.md"
                           if scale == "small" else ""),
-                claimed_speedup=2.0)
+                baseline=MINIBATCH[0], claimed_speedup=2.0)
 
 
 def table1(scale: str) -> Preset:
   """Table 1: all methods, ResNet-20 and VGG-11 on CIFAR-10, with decay."""
   columns = (
-      ("minibatch_sgd_no_lars", dict(method="minibatch_sgd", **NO_LARS),
+      (f"{MINIBATCH[0]}_no_lars", {**MINIBATCH[1], **NO_LARS},
        "mini-batch SGD (w/o LARS)"),
-      ("extrap_sgd_no_lars", dict(method="extrap_sgd", **NO_LARS),
+      (f"{EXTRAP[0]}_no_lars", {**EXTRAP[1], **NO_LARS},
        "EXTRAP-SGD (w/o LARS)"),
       (MINIBATCH[0], MINIBATCH[1], "mini-batch SGD"),
       (SMOOTHOUT[0], SMOOTHOUT[1], "SmoothOut"),
@@ -324,8 +345,7 @@ def table1(scale: str) -> Preset:
                      ("vgg11", "VGG-11 on CIFAR-10")):
     config = cifar(scale, model)
     for name, opt, column in columns:
-      key, run = _run(config, "table1", f"{model}_{name}", row, column,
-                      optimizer=opt)
+      key, run = _run(config, "table1", f"{model}_{name}", row, column, opt)
       runs[key] = run
   return Preset("table1", scale, "Table 1: top-1 test accuracy of every "
                 "method, K=32 x B=256 on CIFAR-10, learning rate decayed at "
@@ -341,10 +361,9 @@ def table2(scale: str) -> Preset:
   runs = {}
   for dataset, row in (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100")):
     config = cifar(scale, dataset=dataset)
-    config.optimizer.sync_period = 8
     for (name, opt), column in columns:
       key, run = _run(config, "table2", f"{dataset}_{name}", row, column,
-                      optimizer=opt)
+                      _with_sync_period(opt, 8))
       if dataset == "cifar100" and scale != "toy":
         # No offline CIFAR-100 copy exists: it always comes through tfds.
         run.data.source = "tfds"
@@ -367,7 +386,7 @@ def table3(scale: str) -> Preset:
     for (name, opt), row in ((MINIBATCH, "Mini-batch SGD"),
                              (EXTRAP, "EXTRAP-SGD")):
       key, run = _run(config, "table3", f"{name}_b{batch}_k{workers}", row,
-                      f"(B = {batch}, K = {workers})", optimizer=opt)
+                      f"(B = {batch}, K = {workers})", opt)
       runs[key] = run
   return Preset("table3", scale, "Table 3: ResNet-20 on CIFAR-10, global "
                 "batch fixed, local batch B and workers K varied.", runs,
@@ -383,7 +402,7 @@ def fig2(scale: str) -> Preset:
     config.workers.num_workers = workers
     for name, opt in (MINIBATCH, EXTRAP):
       key, run = _run(config, "fig2", f"{name}_k{workers}", f"K = {workers}",
-                      name, optimizer=opt)
+                      name, opt)
       runs[key] = run
   return Preset("fig2", scale, "Figure 2: validation perplexity of a 2-layer "
                 "LSTM on WikiText-2, B=64, K=24 and 48, constant rate after "
@@ -397,9 +416,9 @@ def fig3(scale: str) -> Preset:
   for workers in worker_counts:
     config = multi30k(scale)
     config.workers.num_workers = workers
-    for name in ("adam", "extrap_adam"):
-      key, run = _run(config, "fig3", f"{name}_k{workers}", f"K = {workers}",
-                      name, optimizer=dict(method=name))
+    for method in (methods.ADAM, methods.EXTRAP_ADAM):
+      key, run = _run(config, "fig3", f"{method.name}_k{workers}",
+                      f"K = {workers}", method.name, _method(method))
       runs[key] = run
   return Preset("fig3", scale, "Figure 3: validation loss and BLEU of the "
                 "Transformer on Multi30k with Adam and EXTRAP-ADAM, K=20 and "
@@ -410,10 +429,10 @@ def fig4(scale: str) -> Preset:
   """Figure 4: K=64 x B=256 with post-local SGD (H=4) at several epoch budgets."""
   budgets = {"paper": (200.0, 300.0, 400.0), "small": (20.0, 40.0),
              "toy": (1.0,)}[scale]
-  methods = ((MINIBATCH, "mini-batch SGD"),
-             (POST_LOCAL, "mini-batch SGD (with post-local SGD)"),
-             (EXTRAP, "EXTRAP-SGD"),
-             (POST_LOCAL_EXTRAP, "EXTRAP-SGD (with post-local SGD)"))
+  rows = ((MINIBATCH, "mini-batch SGD"),
+          (POST_LOCAL, "mini-batch SGD (with post-local SGD)"),
+          (EXTRAP, "EXTRAP-SGD"),
+          (POST_LOCAL_EXTRAP, "EXTRAP-SGD (with post-local SGD)"))
   runs = {}
   for epochs in budgets:
     config = cifar(scale)
@@ -421,11 +440,10 @@ def fig4(scale: str) -> Preset:
       config.workers.num_workers = 64
     elif scale == "small":
       config.workers.num_workers = 16
-    config.optimizer.sync_period = 4
     config.num_epochs = epochs
-    for (name, opt), row in methods:
+    for (name, opt), row in rows:
       key, run = _run(config, "fig4", f"{name}_e{epochs:g}", row,
-                      f"{epochs:g} epochs", optimizer=opt)
+                      f"{epochs:g} epochs", _with_sync_period(opt, 4))
       runs[key] = run
   return Preset("fig4", scale, "Figure 4: ResNet-20 on CIFAR-10 with K=64 x "
                 "B=256 (a third of the data per step), post-local SGD with "
@@ -447,34 +465,3 @@ def get_preset(name: str, scale: str = "small") -> Preset:
     raise ValueError(f"Unknown scale {scale!r}; choose one of "
                      f"{', '.join(SCALES)}.")
   return PRESETS[name](scale)
-
-
-# The tuning grids of App. C.1, per optimizer field.
-LEARNING_RATES = (0.05, 0.1, 0.15, 0.2)
-TRUST_COEFFICIENTS = (0.01, 0.02, 0.03)
-EXTRAP_SCALES = (1.0, 2.0, 4.0)
-NOISE_SCALES = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
-SYNC_PERIODS = (4, 8, 16)
-
-
-def tuning_grid(config: ml_collections.ConfigDict) -> dict[str, tuple]:
-  """The paper's grid (App. C.1) for one run: dotted key -> values.
-
-  The learning rate is tuned for every SGD method, the trust coefficient when
-  LARS is on, c of γ̂ = c·γ/K in {1, 2, 4} for EXTRAP-SGD / EXTRAP-ADAM and in
-  {0.1, ..., 4} for the noise variants, and H in {4, 8, 16} for post-local SGD.
-  Adam's inverse-square-root schedule has no tuned rate in the paper.
-  """
-  method = config.optimizer.method
-  grid = {}
-  if method not in ("adam", "extrap_adam"):
-    grid["optimizer.base_learning_rate"] = LEARNING_RATES
-    if config.optimizer.trust_coefficient > 0:
-      grid["optimizer.trust_coefficient"] = TRUST_COEFFICIENTS
-  if method in ("extrap_sgd", "post_local_extrap_sgd", "extrap_adam"):
-    grid["optimizer.extrapolation_scale"] = EXTRAP_SCALES
-  elif method == "noise_extrap_sgd":
-    grid["optimizer.extrapolation_scale"] = NOISE_SCALES
-  if method.startswith("post_local"):
-    grid["optimizer.sync_period"] = SYNC_PERIODS
-  return grid

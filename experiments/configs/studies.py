@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from experiments import methods
 from experiments import report
 from experiments.configs import presets
 from experiments.study import Study
@@ -21,8 +22,13 @@ from experiments.study import Variant
 
 # App. C.1's grids: γ0 for mini-batch SGD; c of γ̂ for EXTRAP-SGD (extended by
 # the study until its best value is inside).
-LEARNING_RATES = presets.LEARNING_RATES
-EXTRAP_SCALES = presets.EXTRAP_SCALES
+LEARNING_RATES = methods.MINIBATCH_SGD.grid["optimizer.base_learning_rate"]
+EXTRAP_SCALES = methods.EXTRAP_SGD.grid["optimizer.extrapolation_scale"]
+
+
+def _arm(method: methods.Method) -> tuple[str, str, dict[str, str]]:
+  """A study's baseline: (run name, label, overrides) of `method`."""
+  return method.name, method.label, {"optimizer.method": method.name}
 
 
 def fig1_cpu() -> Study:
@@ -49,8 +55,9 @@ def fig1_cpu() -> Study:
   # tuned and seeded by the first study (commit ff8ed8c); the five-seed study
   # spends its budget on the raw reading, the library's default.
   variants = (
-      Variant("extrap_sgd", "EXTRAP-SGD (γ̂ = c·γ/K, raw past gradient)",
-              {"optimizer.method": "extrap_sgd",
+      Variant(methods.EXTRAP_SGD.name,
+              "EXTRAP-SGD (γ̂ = c·γ/K, raw past gradient)",
+              {"optimizer.method": methods.EXTRAP_SGD.name,
                "optimizer.extrapolation_scaling": "none"},
               "optimizer.extrapolation_scale", EXTRAP_SCALES),
   )
@@ -60,8 +67,7 @@ def fig1_cpu() -> Study:
                    "warm-up, LARS): training loss of the shared point and "
                    "smoothness, mini-batch SGD against EXTRAP-SGD."),
       base=config,
-      baseline=("minibatch_sgd", "mini-batch SGD",
-                {"optimizer.method": "minibatch_sgd"}),
+      baseline=_arm(methods.MINIBATCH_SGD),
       baseline_key="optimizer.base_learning_rate",
       baseline_grid=LEARNING_RATES,
       variants=variants,
@@ -133,8 +139,8 @@ def fig3_cpu() -> Study:
   config.checkpoint_every_steps = 55
   config.progress_bar = False
   variants = (
-      Variant("extrap_adam", "EXTRAP-ADAM (γ̂ = c·γ/K)",
-              {"optimizer.method": "extrap_adam"},
+      Variant(methods.EXTRAP_ADAM.name, "EXTRAP-ADAM (γ̂ = c·γ/K)",
+              {"optimizer.method": methods.EXTRAP_ADAM.name},
               "optimizer.extrapolation_scale", EXTRAP_SCALES),
   )
   return Study(
@@ -144,7 +150,7 @@ def fig3_cpu() -> Study:
                    "validation loss of the shared point, Adam against "
                    "EXTRAP-ADAM."),
       base=config,
-      baseline=("adam", "Adam", {"optimizer.method": "adam"}),
+      baseline=_arm(methods.ADAM),
       baseline_key="schedule.scale",
       baseline_grid=SCHEDULE_SCALES,
       seeds=(1, 2, 3, 4),
@@ -169,13 +175,13 @@ def toy() -> Study:
   config.schedule.name = "constant"
   config.schedule.decay_fractions = ()
   variants = (
-      Variant("extrap_sgd", "EXTRAP-SGD", {"optimizer.method": "extrap_sgd"},
+      Variant(methods.EXTRAP_SGD.name, methods.EXTRAP_SGD.label,
+              {"optimizer.method": methods.EXTRAP_SGD.name},
               "optimizer.extrapolation_scale", (1.0, 2.0)),
   )
   return Study(
       name="toy", description="toy study", base=config,
-      baseline=("minibatch_sgd", "mini-batch SGD",
-                {"optimizer.method": "minibatch_sgd"}),
+      baseline=_arm(methods.MINIBATCH_SGD),
       baseline_key="optimizer.base_learning_rate", baseline_grid=(0.05, 0.1),
       variants=variants, seeds=(1,), seed_overrides={"probe_every_steps": 2},
       secondary_criteria=(report.SHARED_LOSS_BATCH_STATS,),

@@ -4,15 +4,24 @@
 `ConfigError` that names each field, the value found and the fix, so a grid
 of runs fails at once instead of after the first run's data loading and
 compilation. The data files are checked by `experiments.tasks.check_data`.
+
+The optimizer's fields are checked by the library itself: the method's
+optimizer is built (`experiments.methods`), and the library's error, which
+names its argument, is reported against the `optimizer.*` field behind it.
+The method's choices (`optimizer.noise`, `optimizer.extrapolation_scaling`)
+are the library's, and an optimizer field the method does not read is
+refused (`configs.overrides.apply` switches methods with their fields).
 """
 
 from __future__ import annotations
 
 import numbers
+import re
 from typing import Any, Callable
 
 import ml_collections
 
+from experiments import methods
 from experiments.configs import base
 
 DATASETS = {"classification": ("cifar10", "cifar100"),
@@ -65,10 +74,22 @@ def validate(config: ml_collections.ConfigDict,
   if config.task in DATASETS:
     choice("data.dataset", DATASETS[config.task])
   choice("data.source", base.DATA_SOURCES)
-  choice("optimizer.method", base.METHODS)
-  if config.optimizer.method == "noise_extrap_sgd":
-    choice("optimizer.noise", base.NOISES)
-  choice("optimizer.extrapolation_scaling", base.EXTRAPOLATION_SCALINGS)
+  choice("optimizer.method", tuple(methods.METHODS))
+  method = methods.METHODS.get(config.optimizer.method)
+  optimizer_problems = len(problems)
+  if method is not None:
+    for field, choices in method.choices.items():
+      choice(f"optimizer.{field}", choices)
+    for field in methods.foreign_fields(config.optimizer):
+      problems.append(
+          f"optimizer.{field}: not a field of optimizer.method="
+          f"{method.name!r} (its fields: "
+          f"{', '.join(sorted({**methods.COMMON_FIELDS, **method.fields}))}"
+          "); remove it.")
+    for field in sorted(set(method.fields) - set(config.optimizer.keys())):
+      problems.append(f"optimizer.{field} is missing; optimizer.method="
+                      f"{method.name!r} needs it (default "
+                      f"{method.fields[field]!r}).")
   choice("schedule.name", base.SCHEDULES)
   choice("workers.backend", BACKENDS)
 
@@ -76,7 +97,6 @@ def validate(config: ml_collections.ConfigDict,
   nonnegative_int = lambda v: _is_int(v) and v >= 0
   nonnegative = lambda v: _is_number(v) and v >= 0
   positive = lambda v: _is_number(v) and v > 0
-  unit_interval = lambda v: _is_number(v) and 0 <= v < 1
   check("workers.num_workers", positive_int, "a positive integer (K)")
   check("workers.local_batch_size", positive_int,
         "a positive integer (B, per worker)")
@@ -96,17 +116,6 @@ def validate(config: ml_collections.ConfigDict,
     problems.append("num_epochs and num_steps are both 0: set one of them "
                     "to the run's length.")
   check("optimizer.base_learning_rate", positive, "a positive rate")
-  check("optimizer.momentum", unit_interval, "in [0, 1)")
-  check("optimizer.weight_decay", nonnegative, "non-negative")
-  check("optimizer.trust_coefficient", nonnegative,
-        "non-negative (0: no LARS)")
-  check("optimizer.extrapolation_scale", nonnegative,
-        "non-negative (c in the extrapolation rate)")
-  check("optimizer.sync_period", positive_int,
-        "a positive integer (post-local SGD's H)")
-  check("optimizer.b1", unit_interval, "in [0, 1)")
-  check("optimizer.b2", unit_interval, "in [0, 1)")
-  check("optimizer.eps", nonnegative, "non-negative")
   check("optimizer.grad_clip_norm", nonnegative, "non-negative (0: off)")
   check("schedule.warmup_epochs", nonnegative, "a non-negative number")
   check("schedule.decay_fractions",
@@ -128,12 +137,45 @@ def validate(config: ml_collections.ConfigDict,
   check("data.eval_batch_size", positive_int, "a positive integer")
   check("probe_num_steps", positive_int, "a positive integer")
   check("probe_step_fraction", positive, "positive")
+  if (method is not None and len(problems) == optimizer_problems
+      and _is_number(config.optimizer.base_learning_rate)):
+    problem = _library_check(config)
+    if problem:
+      problems.append(problem)
   if problems:
     name = config.get("name", "")
     raise ConfigError(
         f"Invalid configuration{f' {name!r}' if name else ''} "
         f"({len(problems)} problem{'s' if len(problems) > 1 else ''}); fix "
         "these fields (--set field=value):\n  " + "\n  ".join(problems))
+
+
+# The library's argument behind each `optimizer.*` field of another name.
+_FIELD_OF_ARGUMENT = {"learning_rate": "base_learning_rate",
+                      "scale": "extrapolation_scale",
+                      "extrapolation_rate": "extrapolation_scale"}
+
+
+def _library_check(config: ml_collections.ConfigDict) -> str:
+  """The library's complaint about the optimizer of `config` ("" if none).
+
+  The optimizer is built at a constant rate, for one worker: the library
+  checks every hyperparameter when it is built, and its message names the
+  argument, which is the `optimizer.*` field of that name.
+  """
+  opt = config.optimizer
+  num_steps = config.num_steps or max(1, round(config.num_epochs))
+  try:
+    methods.build(config, lambda count: opt.base_learning_rate,
+                  steps_per_epoch=1, num_steps=num_steps, axis_name=None)
+  except (ValueError, TypeError) as error:
+    message = str(error)
+    named = re.match(r"`(\w+)`", message)
+    field = named and _FIELD_OF_ARGUMENT.get(named.group(1), named.group(1))
+    if field in opt:
+      return f"optimizer.{field}={opt[field]!r}: {message}"
+    return f"optimizer (method {opt.method!r}): {message}"
+  return ""
 
 
 def _get(config: ml_collections.ConfigDict, field: str) -> Any:

@@ -8,13 +8,30 @@ import gzip
 import hashlib
 import os
 import pathlib
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import tensorflow_datasets as tfds
 
 DATA_DIR_ENV = "EXTRAP_OPTAX_DATA_DIR"
 
 PathLike = str | os.PathLike[str]
+
+
+class Batcher(Protocol):
+  """The one contract of the training-batch makers (`cifar.DeviceCifar`,
+  `wikitext2.LMBatcher`, `multi30k.TranslationBatcher`).
+
+  `batch(step)` is the global step's batch, (K, B, ...) arrays with one row
+  per worker, and a pure function of the run's seed and `step`, so that a
+  resumed run sees the same data as an uninterrupted one. The task places
+  it on the workers' devices (`worker_arrays.place`), unless the batcher
+  builds it there (`cifar.DeviceCifar`, whose batches are already placed).
+  """
+
+  steps_per_epoch: int
+
+  def batch(self, step: int) -> Any:
+    """The (K, B, ...) batch of global step `step`."""
 
 
 class MissingDataError(FileNotFoundError):

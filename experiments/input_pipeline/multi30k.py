@@ -6,11 +6,8 @@
 * `Multi30k` is a tfds `GeneratorBasedBuilder` (one example per sentence pair)
   that downloads the same .gz files or reads them from a manual directory;
   `prepare_multi30k` prepares it as array_record without TensorFlow.
-* `Tokenizer` wraps sacremoses. Choice: sentences are lowercased before Moses
-  tokenization (the common Multi30k set-up, as in the dataset's own
-  `*.lc.norm.tok` files; it also shrinks the min-frequency-5 vocabularies to
-  about 3.3k English / 3.6k German words), and `bleu` is then case-insensitive
-  (sacreBLEU `lowercase=True`) against the raw references.
+* Sentences are tokenized by `tokenizer.Tokenizer` (lowercased Moses tokens)
+  and decoded outputs scored by `bleu.bleu`.
 * `TranslationBatcher` makes length-bucketed global batches of K*B pairs,
   split into (K, B, L) padded arrays, reshuffled every epoch.
 
@@ -25,11 +22,10 @@ import pathlib
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
-import sacrebleu
-import sacremoses
 import tensorflow_datasets as tfds
 
 from experiments.input_pipeline import common
+from experiments.input_pipeline.tokenizer import Tokenizer
 
 SUBDIR = "multi30k"
 SPLITS = ("train", "validation", "test")
@@ -211,32 +207,6 @@ def prepare_multi30k(
   return builder
 
 
-class Tokenizer:
-  """Moses tokenizer/detokenizer for one language (sacremoses)."""
-
-  def __init__(self, lang: str, lowercase: bool = True):
-    """Creates the tokenizer.
-
-    Args:
-      lang: language code, `"en"` or `"de"`.
-      lowercase: lowercase before tokenizing (see the module docstring).
-    """
-    self.lang = lang
-    self.lowercase = lowercase
-    self._tokenizer = sacremoses.MosesTokenizer(lang)
-    self._detokenizer = sacremoses.MosesDetokenizer(lang)
-
-  def tokenize(self, sentence: str) -> list[str]:
-    """Moses tokens; no XML escaping, so `&` stays `&`."""
-    if self.lowercase:
-      sentence = sentence.lower()
-    return self._tokenizer.tokenize(sentence, escape=False)
-
-  def detokenize(self, tokens: Sequence[str]) -> str:
-    """Joins Moses tokens back into text."""
-    return self._detokenizer.detokenize(list(tokens))
-
-
 def build_vocab(tokenized: Sequence[Sequence[str]],
                 min_freq: int = MIN_FREQ) -> common.Vocab:
   """`<pad>`=0, `<unk>`=1, `<bos>`=2, `<eos>`=3, then tokens seen >= min_freq."""
@@ -309,6 +279,8 @@ def pad_batch(sequences: Sequence[np.ndarray], pad_multiple: int) -> np.ndarray:
 
 class TranslationBatcher:
   """Length-bucketed (K, B, L) batches, addressable by the global step.
+
+  A `common.Batcher`.
 
   Each epoch (seeded by `(seed, epoch)`): shuffle all pairs and drop the
   `N mod K*B` that come last, cut the rest into pools of `pool_batches`
@@ -398,38 +370,3 @@ def eval_batches(
     mask = np.arange(batch_size) < n
     yield (pad_batch(list(src[start:start + n]) + filler, pad_multiple),
            pad_batch(list(tgt[start:start + n]) + filler, pad_multiple), mask)
-
-
-def decode_ids(ids: Sequence[int], vocab: common.Vocab) -> list[str]:
-  """Tokens of one output: up to the first `<eos>`, without pad and bos."""
-  tokens = []
-  for i in ids:
-    if i == EOS_ID:
-      break
-    if i not in (PAD_ID, BOS_ID):
-      tokens.append(vocab.itos[i])
-  return tokens
-
-
-def bleu(hypotheses_ids: Sequence[Sequence[int]],
-         references_text: Sequence[str], vocab: common.Vocab,
-         tokenizer: Tokenizer) -> float:
-  """Corpus sacreBLEU of decoded outputs against raw reference sentences.
-
-  Args:
-    hypotheses_ids: one id sequence per sentence (see `decode_ids`).
-    references_text: the raw references, one per hypothesis.
-    vocab: the target vocabulary.
-    tokenizer: the target tokenizer, for detokenization; with `lowercase`
-      the score is case-insensitive.
-
-  Returns:
-    The BLEU score in [0, 100].
-  """
-  if len(hypotheses_ids) != len(references_text):
-    raise ValueError(f"{len(hypotheses_ids)} hypotheses but "
-                     f"{len(references_text)} references.")
-  hypotheses = [tokenizer.detokenize(decode_ids(ids, vocab))
-                for ids in hypotheses_ids]
-  return sacrebleu.corpus_bleu(hypotheses, [list(references_text)],
-                               lowercase=tokenizer.lowercase).score

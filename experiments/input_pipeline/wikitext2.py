@@ -200,6 +200,8 @@ def prepare_wikitext2(
 class LMBatcher:
   """BPTT batches of a batchified token stream, addressable by step.
 
+  A `common.Batcher`.
+
   The stream is trimmed to a multiple of K*B tokens and laid out as
   pytorch/examples `batchify` does: `data = ids.reshape(K*B, T).T`, shape
   (T, K*B), so column c is the contiguous span `ids[c*T:(c+1)*T]`. Worker k

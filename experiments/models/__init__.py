@@ -3,8 +3,8 @@
 - CIFAR-10/100: ResNet-20 (``resnet.py``) and VGG-11 at half width, with and
   without BatchNorm (``vgg.py``);
 - WikiText-2: 2-layer LSTM language model with tied embeddings (``lstm.py``);
-- Multi30k: pre-LayerNorm Transformer at half width, with greedy and beam-search
-  decoding (``transformer.py``).
+- Multi30k: pre-LayerNorm Transformer at half width (``transformer.py``), with
+  greedy and beam-search decoding (``decoding.py``).
 
 The models use flax.linen rather than NNX: linen parameters (and BN statistics)
 are plain pytrees, so the K per-worker copies of a model can be stacked along a
@@ -28,12 +28,12 @@ from experiments.models.lstm import LSTMLanguageModel
 from experiments.models.lstm import WIKITEXT2_VOCAB_SIZE
 from experiments.models.resnet import BasicBlock
 from experiments.models.resnet import ResNet
-from experiments.models.transformer import beam_search
-from experiments.models.transformer import beam_search_from_step
-from experiments.models.transformer import greedy_decode
-from experiments.models.transformer import greedy_search
+from experiments.models.decoding import beam_search
+from experiments.models.decoding import beam_search_from_step
+from experiments.models.decoding import greedy_decode
+from experiments.models.decoding import greedy_search
 from experiments.models.transformer import label_smoothed_cross_entropy
-from experiments.models.transformer import length_penalty
+from experiments.models.decoding import length_penalty
 from experiments.models.transformer import PAD_ID
 from experiments.models.transformer import Transformer
 from experiments.models.vgg import VGG

@@ -31,9 +31,13 @@ BAD_FIELDS = [
     ("num_epochs", -1.0, "num_epochs=-1.0: must be a non-negative"),
     ("num_steps", -3, "num_steps=-3"),
     ("optimizer.base_learning_rate", 0.0, "base_learning_rate=0.0: must be a positive"),
-    ("optimizer.momentum", 1.0, "optimizer.momentum=1.0: must be in [0, 1)"),
-    ("optimizer.weight_decay", -1e-4, "optimizer.weight_decay=-0.0001"),
-    ("optimizer.extrapolation_scale", -1.0, "extrapolation_scale=-1.0"),
+    # The library's own checks, against the field behind the argument.
+    ("optimizer.momentum", 1.0,
+     "optimizer.momentum=1.0: `momentum` must lie in [0, 1)"),
+    ("optimizer.weight_decay", -1e-4,
+     "optimizer.weight_decay=-0.0001: `weight_decay` must be non-negative"),
+    ("optimizer.extrapolation_scale", -1.0,
+     "optimizer.extrapolation_scale=-1.0: `scale` must be non-negative"),
     ("schedule.decay_fractions", (0.75, 0.5), "increasing fractions in (0, 1)"),
     ("schedule.decay_factor", 0.0, "schedule.decay_factor=0.0"),
     ("eval_every_steps", -1, "eval_every_steps=-1"),
@@ -58,7 +62,7 @@ def test_bad_field_is_named_before_anything_compiles(field, value, message,
   _set(config, field, value)
   with contract.count_compilations() as compilations:
     with pytest.raises(validation.ConfigError, match=re.escape(message)):
-      train.Trainer(config, tmp_path)
+      train.set_up(config)
   assert compilations == []
 
 
@@ -123,7 +127,7 @@ def test_data_directory_missing_a_file_is_named(preset, run, subdir, present,
     (tmp_path / subdir / name).write_bytes(b"")
   with contract.count_compilations() as compilations:
     with pytest.raises(common.MissingDataError, match=f"missing.*{missing}"):
-      train.Trainer(config, tmp_path / "run")
+      train.set_up(config)
   assert compilations == []
 
 
@@ -134,11 +138,11 @@ def test_cifar_jpeg_source_without_its_file_is_named(tmp_path):
   (tmp_path / "cifar10-jpeg").mkdir()
   with pytest.raises(common.MissingDataError,
                      match="missing.*cifar10_jpeg_full.npz"):
-    train.Trainer(config, tmp_path / "run")
+    train.set_up(config)
 
 
 def test_command_line_exits_with_the_message(tmp_path):
   with pytest.raises(SystemExit, match="(?s)error: Invalid configuration.*"
-                     "optimizer.momentum=1.5: must be in"):
+                     "optimizer.momentum=1.5: `momentum` must lie in"):
     main.main(["--preset", "fig1", "--scale", "toy", "--runs-dir",
                str(tmp_path), "--set", "optimizer.momentum=1.5"])

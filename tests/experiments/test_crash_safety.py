@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 from experiments import checkpointing
+from experiments import metrics_log
 from experiments import configs
 from experiments import report
 from experiments import train
@@ -80,18 +81,18 @@ def child(run_dir: str, fault: str) -> None:
 
     checkpointing.Checkpointer.save = save_then_die
   elif kind == "metrics":
-    original_write = train.Trainer._write
+    original_write = metrics_log.MetricsLog.write
 
-    def write_half_then_die(self, record, writer):
+    def write_half_then_die(self, record):
       if not countdown():
-        return original_write(self, record, writer)
+        return original_write(self, record)
       line = json.dumps(record) + "\n"
-      with open(self.run_dir / "metrics.jsonl", "a") as f:
+      with open(self.path, "a") as f:
         f.write(line[:len(line) // 2])
       _kill_self()
 
-    train.Trainer._write = write_half_then_die
-  train.Trainer(make_config(), run_dir).train()
+    metrics_log.MetricsLog.write = write_half_then_die
+  train.train_and_evaluate(make_config(), run_dir)
 
 
 def _start(run_dir, fault="none"):
@@ -129,11 +130,11 @@ def _without_throughput(records):
 
 
 def _final_state(run_dir):
-  trainer = train.Trainer(make_config(), run_dir / "unused")
+  setup = train.set_up(make_config())
   checkpointer = checkpointing.Checkpointer(run_dir / "checkpoints",
                                             max_to_keep=3)
   assert checkpointer.latest_step() == NUM_STEPS
-  state = checkpointer.restore(NUM_STEPS, trainer.init_state())
+  state = checkpointer.restore(NUM_STEPS, train.init_state(setup))
   checkpointer.close()
   return jax.tree.map(np.asarray, state)
 

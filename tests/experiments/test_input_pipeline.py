@@ -12,9 +12,13 @@ import pytest
 import requests
 import tensorflow_datasets as tfds
 
+from experiments.input_pipeline import bleu
 from experiments.input_pipeline import cifar
+from experiments.input_pipeline import cifar_jpeg
+from experiments.input_pipeline import cifar_tfds
 from experiments.input_pipeline import common
 from experiments.input_pipeline import multi30k
+from experiments.input_pipeline import tokenizer
 from experiments.input_pipeline import wikitext2
 from tests import contract
 
@@ -93,7 +97,7 @@ def test_crop_and_flip_matches_numpy():
 def test_device_augmentation_is_pad_crop_flip_and_flips_half():
   n, k, b = 256, 4, 32
   images = _random_images(n, seed=5)
-  mean, std = cifar.STATS["cifar10"]
+  mean, std = cifar_jpeg.STATS["cifar10"]
   data = cifar.DeviceCifar(images, np.zeros(n), k, b, seed=0, mean=mean,
                            std=std)
   candidates = [(dy, dx, f) for dy in range(9) for dx in range(9)
@@ -164,14 +168,14 @@ def test_cifar_tfds_builders_with_mock_data(name, num_classes, tmp_path,
   # mock_data replaces download_and_prepare, so nothing is downloaded.
   monkeypatch.delenv(common.DATA_DIR_ENV, raising=False)
   with tfds.testing.mock_data(num_examples=12):
-    data = cifar.load_cifar_tfds(name, tmp_path)
+    data = cifar_tfds.load_cifar_tfds(name, tmp_path)
   assert data.train_images.shape == (12, 32, 32, 3)
   assert data.train_images.dtype == np.uint8
   assert data.test_images.shape == (12, 32, 32, 3)
   assert data.train_labels.dtype == np.int32
   assert data.train_labels.max() < num_classes
   assert data.num_classes == num_classes
-  assert (data.mean, data.std) == cifar.STATS[name]
+  assert (data.mean, data.std) == cifar_jpeg.STATS[name]
   x, y = cifar.DeviceCifar(data.train_images, data.train_labels, 2, 3,
                            seed=0).batch(0)
   assert x.shape == (2, 3, 32, 32, 3) and y.shape == (2, 3)
@@ -184,11 +188,11 @@ def _offline(*args, **kwargs):
 
 def test_cifar_tfds_unprepared_errors(tmp_path, monkeypatch):
   with pytest.raises(common.MissingDataError, match="not prepared"):
-    cifar.load_cifar_tfds("cifar10", tmp_path, download=False)
+    cifar_tfds.load_cifar_tfds("cifar10", tmp_path, download=False)
 
   monkeypatch.setattr(requests.Session, "get", _offline)
   with pytest.raises(common.MissingDataError) as error:
-    cifar.load_cifar_tfds("cifar10", tmp_path, manual_dir=tmp_path / "manual")
+    cifar_tfds.load_cifar_tfds("cifar10", tmp_path, manual_dir=tmp_path / "manual")
   message = str(error.value)
   assert "no network in this test" in message
   assert str(tmp_path / "manual") in message  # where to put the archive
@@ -202,8 +206,8 @@ def test_cifar_checksums_are_the_stock_tfds_ones():
       pathlib.Path(tfds.__file__).parent / "url_checksums" / "cifar10.txt")
   stock.update(tfds.core.download.checksums.load_url_infos(
       pathlib.Path(tfds.__file__).parent / "url_checksums" / "cifar100.txt"))
-  for archive in cifar.ARCHIVES.values():
-    ours = cifar.CifarBinary.url_infos[archive.url]
+  for archive in cifar_tfds.ARCHIVES.values():
+    ours = cifar_tfds.CifarBinary.url_infos[archive.url]
     assert ours == stock[archive.url]
     assert ours.filename == archive.file_name
 
@@ -219,7 +223,7 @@ def _write_fake_cifar_archive(
     directory: pathlib.Path, name: str
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """A tiny archive in the original layout; returns split -> (x, labels)."""
-  archive = cifar.ARCHIVES[name]
+  archive = cifar_tfds.ARCHIVES[name]
   rng = np.random.default_rng(0)
   contents, expected = {}, {}
   for split, files in archive.split_files.items():
@@ -251,25 +255,25 @@ def test_parse_records_pixel_layout():
   image[0, 1, 2] = 200  # blue of row 0, column 1
   record = bytearray([7] + [1] * 1024 + [2] * 1024 + [3] * 1024)
   record[1 + 2 * 1024 + 1] = 200  # B plane, row-major index 0 * 32 + 1
-  images, labels = cifar.parse_records(bytes(record) * 2, 1)
+  images, labels = cifar_tfds.parse_records(bytes(record) * 2, 1)
   assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
   np.testing.assert_array_equal(images[1], image)
   np.testing.assert_array_equal(labels, [[7], [7]])
   with pytest.raises(ValueError, match="whole number of 3074-byte"):
-    cifar.parse_records(bytes(3075), 2)
+    cifar_tfds.parse_records(bytes(3075), 2)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_binary_builder_from_manual_archive(name, tmp_path,
                                                   monkeypatch):
   expected = _write_fake_cifar_archive(tmp_path / "manual", name)
-  archive = cifar.ARCHIVES[name]
+  archive = cifar_tfds.ARCHIVES[name]
   # Register the fake archive's checksum instead of the original's.
-  monkeypatch.setattr(cifar.CifarBinary, "url_infos", {
+  monkeypatch.setattr(cifar_tfds.CifarBinary, "url_infos", {
       archive.url: tfds.core.download.checksums.compute_url_info(
           tmp_path / "manual" / archive.file_name)})
   monkeypatch.setattr(requests.Session, "get", _offline)  # no download
-  data = cifar.load_cifar_tfds(name, tmp_path / "tfds",
+  data = cifar_tfds.load_cifar_tfds(name, tmp_path / "tfds",
                                manual_dir=tmp_path / "manual")
   fine = [k for k, _, _ in archive.labels].index("label")
   np.testing.assert_array_equal(data.train_images, expected["train"][0])
@@ -279,8 +283,8 @@ def test_cifar_binary_builder_from_manual_archive(name, tmp_path,
   np.testing.assert_array_equal(data.test_labels, expected["test"][1][:, fine])
   assert data.train_images.shape == (15 if name == "cifar10" else 3, 32, 32, 3)
   assert data.train_labels.dtype == np.int32
-  assert data.num_classes == cifar.NUM_CLASSES[name]
-  builder = cifar.CifarBinary(config=name, data_dir=str(tmp_path / "tfds"))
+  assert data.num_classes == cifar_jpeg.NUM_CLASSES[name]
+  builder = cifar_tfds.CifarBinary(config=name, data_dir=str(tmp_path / "tfds"))
   assert builder.is_prepared()
   features = builder.info.features
   assert features["label"].names[:2] == [f"{archive.labels[fine][1][:5]}0",
@@ -292,12 +296,12 @@ def test_cifar_binary_builder_from_manual_archive(name, tmp_path,
     assert features["coarse_label"].num_classes == 20
   # Prepared: loading again reads it back without the archive.
   (tmp_path / "manual" / archive.file_name).unlink()
-  again = cifar.load_cifar_tfds(name, tmp_path / "tfds", download=False)
+  again = cifar_tfds.load_cifar_tfds(name, tmp_path / "tfds", download=False)
   np.testing.assert_array_equal(again.test_images, data.test_images)
 
 
 def test_cifar_binary_builder_pixel_layout_and_labels(tmp_path, monkeypatch):
-  archive = cifar.ARCHIVES["cifar10"]
+  archive = cifar_tfds.ARCHIVES["cifar10"]
   planes = np.zeros((1, 32, 32, 3), np.uint8)
   planes[..., 0], planes[..., 1], planes[..., 2] = 1, 2, 3
   ramp = np.arange(32 * 32 * 3, dtype=np.uint32).astype(np.uint8).reshape(
@@ -314,9 +318,9 @@ def test_cifar_binary_builder_pixel_layout_and_labels(tmp_path, monkeypatch):
       info = tarfile.TarInfo(f"{archive.directory}/{file}")
       info.size = len(data)
       tar.addfile(info, io.BytesIO(data))
-  monkeypatch.setattr(cifar.CifarBinary, "url_infos", {
+  monkeypatch.setattr(cifar_tfds.CifarBinary, "url_infos", {
       archive.url: tfds.core.download.checksums.compute_url_info(path)})
-  data = cifar.load_cifar_tfds("cifar10", tmp_path / "tfds",
+  data = cifar_tfds.load_cifar_tfds("cifar10", tmp_path / "tfds",
                                manual_dir=tmp_path / "manual")
   assert data.train_images.shape == (5, 32, 32, 3)
   assert (data.train_images[..., 0] == 1).all()
@@ -333,27 +337,27 @@ def test_cifar_binary_builder_rejects_archive_with_wrong_checksum(tmp_path):
   with pytest.raises(
       tfds.core.download.download_manager.NonMatchingChecksumError,
       match="has wrong checksum"):
-    cifar.load_cifar_tfds("cifar10", tmp_path / "tfds",
+    cifar_tfds.load_cifar_tfds("cifar10", tmp_path / "tfds",
                           manual_dir=tmp_path / "manual")
 
 
 def test_jpeg_subset_missing_and_corrupt(tmp_path, monkeypatch):
   monkeypatch.delenv(common.DATA_DIR_ENV, raising=False)
   with pytest.raises(common.MissingDataError, match=common.DATA_DIR_ENV):
-    cifar.load_cifar10_jpeg_subset()
+    cifar_jpeg.load_cifar10_jpeg_subset()
   with pytest.raises(common.MissingDataError, match="does not exist"):
-    cifar.load_cifar10_jpeg_subset(tmp_path)
+    cifar_jpeg.load_cifar10_jpeg_subset(tmp_path)
   (tmp_path / "cifar10-jpeg").mkdir()
   with pytest.raises(common.MissingDataError,
                      match="missing cifar10_jpeg_subset.npz"):
-    cifar.load_cifar10_jpeg_subset(tmp_path)
+    cifar_jpeg.load_cifar10_jpeg_subset(tmp_path)
   zeros = np.zeros((4, 32, 32, 3), np.uint8)
   np.savez(tmp_path / "cifar10-jpeg" / "cifar10_jpeg_subset.npz",
            x_train=zeros, y_train=np.zeros(4, np.int64), x_test=zeros,
            y_test=np.zeros(4, np.int64))
   with pytest.raises(common.ChecksumError,
                      match="array x_train.*expected 4934"):
-    cifar.load_cifar10_jpeg_subset(tmp_path)
+    cifar_jpeg.load_cifar10_jpeg_subset(tmp_path)
 
 
 def _encode_jpegs(images: np.ndarray, quality: int = 95) -> list[bytes]:
@@ -380,22 +384,22 @@ def _concatenate(files: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
 def test_decode_jpeg_arrays_matches_pillow_and_checks_offsets():
   files = _encode_jpegs(_random_images(5, seed=3))
   jpeg, offsets = _concatenate(files)
-  decoded = cifar.decode_jpeg_arrays(jpeg, offsets)
+  decoded = cifar_jpeg.decode_jpeg_arrays(jpeg, offsets)
   assert decoded.dtype == np.uint8 and decoded.shape == (5, 32, 32, 3)
   np.testing.assert_array_equal(decoded, _pil_decode(files))
   with pytest.raises(ValueError, match="must run from 0 to .* length"):
-    cifar.decode_jpeg_arrays(jpeg[:-1], offsets)
+    cifar_jpeg.decode_jpeg_arrays(jpeg[:-1], offsets)
   bad = offsets.copy()
   bad[2] = bad[3]
   with pytest.raises(ValueError, match="strictly increasing.*file 2"):
-    cifar.decode_jpeg_arrays(jpeg, bad)
+    cifar_jpeg.decode_jpeg_arrays(jpeg, bad)
   with pytest.raises(ValueError, match="file 1 .* not a readable JPEG"):
-    cifar.decode_jpeg_arrays(*_concatenate([files[0], b"not a jpeg"]))
+    cifar_jpeg.decode_jpeg_arrays(*_concatenate([files[0], b"not a jpeg"]))
   small = _encode_jpegs(np.zeros((1, 16, 16, 3), np.uint8))
   with pytest.raises(ValueError, match=r"file 0 decodes to shape \(16, 16"):
-    cifar.decode_jpeg_arrays(*_concatenate(small))
+    cifar_jpeg.decode_jpeg_arrays(*_concatenate(small))
   with pytest.raises(ValueError, match="1-D uint8"):
-    cifar.decode_jpeg_arrays(jpeg.astype(np.int64), offsets)
+    cifar_jpeg.decode_jpeg_arrays(jpeg.astype(np.int64), offsets)
 
 
 def _write_fake_jpeg_full(path: pathlib.Path, per_class: dict[str, int],
@@ -410,7 +414,7 @@ def _write_fake_jpeg_full(path: pathlib.Path, per_class: dict[str, int],
     expected[f"{split}_images"] = _pil_decode(files)
     expected[f"{split}_labels"] = labels
   path.parent.mkdir(parents=True, exist_ok=True)
-  np.savez_compressed(path, class_names=np.array(cifar.CIFAR10_CLASS_NAMES),
+  np.savez_compressed(path, class_names=np.array(cifar_jpeg.CIFAR10_CLASS_NAMES),
                       **arrays)
   return expected
 
@@ -418,20 +422,20 @@ def _write_fake_jpeg_full(path: pathlib.Path, per_class: dict[str, int],
 def test_jpeg_full_missing_and_wrong_checksum(tmp_path, monkeypatch):
   monkeypatch.delenv(common.DATA_DIR_ENV, raising=False)
   with pytest.raises(common.MissingDataError, match=common.DATA_DIR_ENV):
-    cifar.load_cifar10_jpeg_full(cache_dir=tmp_path / "cache")
+    cifar_jpeg.load_cifar10_jpeg_full(cache_dir=tmp_path / "cache")
   (tmp_path / "cifar10-jpeg").mkdir()
   with pytest.raises(common.MissingDataError,
                      match="missing cifar10_jpeg_full.npz"):
-    cifar.load_cifar10_jpeg_full(tmp_path, cache_dir=tmp_path / "cache")
+    cifar_jpeg.load_cifar10_jpeg_full(tmp_path, cache_dir=tmp_path / "cache")
   path = tmp_path / "cifar10-jpeg" / "cifar10_jpeg_full.npz"
   _write_fake_jpeg_full(path, {"train": 1, "test": 1})
   actual = hashlib.sha256(path.read_bytes()).hexdigest()
-  assert cifar.file_sha256(path, chunk_size=1000) == actual
+  assert cifar_jpeg.file_sha256(path, chunk_size=1000) == actual
   with pytest.raises(common.ChecksumError) as error:
-    cifar.load_cifar10_jpeg_full(tmp_path, cache_dir=tmp_path / "cache")
+    cifar_jpeg.load_cifar10_jpeg_full(tmp_path, cache_dir=tmp_path / "cache")
   message = str(error.value)
   assert str(path) in message
-  assert f"expected {cifar.JPEG_FULL_SHA256}" in message
+  assert f"expected {cifar_jpeg.JPEG_FULL_SHA256}" in message
   assert f"actual {actual}" in message
   assert "replace it with the original" in message
   assert not (tmp_path / "cache").exists()
@@ -441,27 +445,27 @@ def test_jpeg_full_decodes_checks_and_caches(tmp_path, monkeypatch):
   # A small stand-in for the real file: 2 train and 1 test image per class.
   path = tmp_path / "data" / "cifar10-jpeg" / "cifar10_jpeg_full.npz"
   expected = _write_fake_jpeg_full(path, {"train": 2, "test": 1})
-  monkeypatch.setattr(cifar, "JPEG_FULL_SIZES", {"train": 20, "test": 10})
-  monkeypatch.setattr(cifar, "JPEG_FULL_SHA256", cifar.file_sha256(path))
+  monkeypatch.setattr(cifar_jpeg, "JPEG_FULL_SIZES", {"train": 20, "test": 10})
+  monkeypatch.setattr(cifar_jpeg, "JPEG_FULL_SHA256", cifar_jpeg.file_sha256(path))
   cache_dir = tmp_path / "cache"
-  data = cifar.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
+  data = cifar_jpeg.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
   for key, value in expected.items():
     got = getattr(data, key)
     assert got.dtype == (np.uint8 if key.endswith("images") else np.int32)
     np.testing.assert_array_equal(got, value)
-  assert (data.num_classes, data.mean, data.std) == (10, *cifar.STATS[
+  assert (data.num_classes, data.mean, data.std) == (10, *cifar_jpeg.STATS[
       "cifar10"])
   # The cache is named by the source's sha256 and has no leftover temp file.
   cached = list(cache_dir.iterdir())
   assert [c.name for c in cached] == [
-      f"cifar10_jpeg_full-{cifar.JPEG_FULL_SHA256}-decoded-v1.npz"]
+      f"cifar10_jpeg_full-{cifar_jpeg.JPEG_FULL_SHA256}-decoded-v1.npz"]
 
   # The second load reads the cache and does not decode.
-  real_decode = cifar._decode_jpeg_full
+  real_decode = cifar_jpeg._decode_jpeg_full
   def no_decode(_):
     raise AssertionError("decoded although the cache is valid")
-  monkeypatch.setattr(cifar, "_decode_jpeg_full", no_decode)
-  again = cifar.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
+  monkeypatch.setattr(cifar_jpeg, "_decode_jpeg_full", no_decode)
+  again = cifar_jpeg.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
   for key, value in expected.items():
     np.testing.assert_array_equal(getattr(again, key), value)
 
@@ -470,37 +474,37 @@ def test_jpeg_full_decodes_checks_and_caches(tmp_path, monkeypatch):
   def counting_decode(p):
     decodes.append(p)
     return real_decode(p)
-  monkeypatch.setattr(cifar, "_decode_jpeg_full", counting_decode)
+  monkeypatch.setattr(cifar_jpeg, "_decode_jpeg_full", counting_decode)
   cached[0].write_bytes(b"garbage")
-  again = cifar.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
+  again = cifar_jpeg.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
   np.testing.assert_array_equal(again.train_images, expected["train_images"])
   with np.load(cached[0]) as npz:
     arrays = dict(npz)
   np.savez(cached[0], **{**arrays, "test_images": arrays["test_images"][:5]})
-  again = cifar.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
+  again = cifar_jpeg.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
   np.testing.assert_array_equal(again.test_images, expected["test_images"])
   assert len(decodes) == 2
-  assert cifar.load_cifar10_jpeg_full(tmp_path / "data",
+  assert cifar_jpeg.load_cifar10_jpeg_full(tmp_path / "data",
                                       cache_dir=cache_dir) is not None
   assert len(decodes) == 2
 
   # Another source file (another sha256) never reuses the old cache.
   expected = _write_fake_jpeg_full(path, {"train": 2, "test": 1}, seed=10)
-  monkeypatch.setattr(cifar, "JPEG_FULL_SHA256", cifar.file_sha256(path))
-  again = cifar.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
+  monkeypatch.setattr(cifar_jpeg, "JPEG_FULL_SHA256", cifar_jpeg.file_sha256(path))
+  again = cifar_jpeg.load_cifar10_jpeg_full(tmp_path / "data", cache_dir=cache_dir)
   np.testing.assert_array_equal(again.train_images, expected["train_images"])
   assert len(decodes) == 3 and len(list(cache_dir.iterdir())) == 2
 
   # A cache directory that cannot be created only means no caching.
   (tmp_path / "a_file").write_text("")
-  again = cifar.load_cifar10_jpeg_full(tmp_path / "data",
+  again = cifar_jpeg.load_cifar10_jpeg_full(tmp_path / "data",
                                        cache_dir=tmp_path / "a_file" / "c")
   np.testing.assert_array_equal(again.test_images, expected["test_images"])
 
   # The default cache directory follows $XDG_CACHE_HOME.
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-  assert cifar.default_cache_dir() == tmp_path / "xdg" / "extrap_optax"
-  cifar.load_cifar10_jpeg_full(tmp_path / "data")
+  assert cifar_jpeg.default_cache_dir() == tmp_path / "xdg" / "extrap_optax"
+  cifar_jpeg.load_cifar10_jpeg_full(tmp_path / "data")
   assert len(list((tmp_path / "xdg" / "extrap_optax").iterdir())) == 1
 
 
@@ -525,20 +529,22 @@ def test_jpeg_full_rejects_inconsistent_arrays(tmp_path, monkeypatch, change,
     arrays = dict(npz)
   change(arrays)
   np.savez_compressed(path, **arrays)
-  monkeypatch.setattr(cifar, "JPEG_FULL_SIZES", {"train": 20, "test": 10})
-  monkeypatch.setattr(cifar, "JPEG_FULL_SHA256", cifar.file_sha256(path))
+  monkeypatch.setattr(cifar_jpeg, "JPEG_FULL_SIZES", {"train": 20, "test": 10})
+  monkeypatch.setattr(cifar_jpeg, "JPEG_FULL_SHA256", cifar_jpeg.file_sha256(path))
   with pytest.raises(ValueError, match=match):
-    cifar.load_cifar10_jpeg_full(tmp_path, cache_dir=tmp_path / "cache")
+    cifar_jpeg.load_cifar10_jpeg_full(tmp_path, cache_dir=tmp_path / "cache")
   assert not (tmp_path / "cache").exists()
 
 
 def test_classification_picks_full_or_subset_jpeg(tmp_path, monkeypatch):
   from experiments import tasks  # pylint: disable=g-import-not-at-top
   from experiments.configs import base  # pylint: disable=g-import-not-at-top
+  from experiments.tasks import classification  # pylint: disable=g-import-not-at-top
   calls = []
-  for name in ("load_cifar10_jpeg_full", "load_cifar10_jpeg_subset",
-               "load_cifar_tfds"):
-    monkeypatch.setattr(cifar, name,
+  for module, name in ((cifar_jpeg, "load_cifar10_jpeg_full"),
+                       (cifar_jpeg, "load_cifar10_jpeg_subset"),
+                       (cifar_tfds, "load_cifar_tfds")):
+    monkeypatch.setattr(module, name,
                         lambda *a, _name=name, **k: calls.append(_name))
   config = base.get_config()
   config.data.data_dir = str(tmp_path)
@@ -547,8 +553,8 @@ def test_classification_picks_full_or_subset_jpeg(tmp_path, monkeypatch):
     config.data.source, config.data.dataset = source, dataset
     calls.clear()
     tasks.Classification._load(config)
-    resolved = tasks.Classification._resolve_source(config)
-    assert resolved in tasks._CIFAR_SOURCE_NAMES
+    resolved = tasks.Classification.resolve_source(config)
+    assert resolved in classification.SOURCE_NAMES
     return calls[0].removeprefix("load_").removeprefix("cifar10_"), resolved
 
   assert picked("auto") == ("cifar_tfds", "tfds")
@@ -569,10 +575,10 @@ def test_classification_picks_full_or_subset_jpeg(tmp_path, monkeypatch):
       picked(source, "cifar100")
   with pytest.raises(ValueError, match="Unknown data.source 'jpg'"):
     picked("jpg")
-  assert tasks._CIFAR_SOURCE_NAMES["jpeg_full"] == (
+  assert classification.SOURCE_NAMES["jpeg_full"] == (
       "cifar10_jpeg_full (JPEG quality 75)")
   assert set(base.DATA_SOURCES) - {"auto", "jpeg", "local"} == set(
-      tasks._CIFAR_SOURCE_NAMES)
+      classification.SOURCE_NAMES)
 
 
 # ------------------------------------------------------------ WikiText-2
@@ -807,21 +813,21 @@ def test_translation_batcher_too_small_and_eval_batches():
 
 
 def test_detokenize_round_trip_and_perfect_bleu():
-  tokenizer = multi30k.Tokenizer("de")
+  german = tokenizer.Tokenizer("de")
   references = ["Zwei junge weiße Männer sind im Freien in der Nähe vieler "
                 "Büsche.", "Ein Mann, der „Hallo“ sagt & lacht!"]
-  tokens = [tokenizer.tokenize(r) for r in references]
+  tokens = [german.tokenize(r) for r in references]
   assert tokens[0][-1] == "." and tokens[0][0] == "zwei"
   assert "&" in tokens[1]  # no XML escaping
-  assert [tokenizer.detokenize(t) for t in tokens] == [r.lower()
+  assert [german.detokenize(t) for t in tokens] == [r.lower()
                                                        for r in references]
   vocab = multi30k.build_vocab(tokens, min_freq=1)
   hypotheses = [[multi30k.BOS_ID] + vocab.encode(t) + [multi30k.EOS_ID,
                                                         multi30k.PAD_ID, 7]
                 for t in tokens]
-  assert multi30k.bleu(hypotheses, references, vocab,
-                       tokenizer) == pytest.approx(100.0)
-  assert multi30k.bleu([hypotheses[1], hypotheses[0]], references, vocab,
-                       tokenizer) < 10
-  cased = multi30k.Tokenizer("de", lowercase=False)
+  assert bleu.bleu(hypotheses, references, vocab,
+                   german) == pytest.approx(100.0)
+  assert bleu.bleu([hypotheses[1], hypotheses[0]], references, vocab,
+                   german) < 10
+  cased = tokenizer.Tokenizer("de", lowercase=False)
   assert cased.detokenize(cased.tokenize(references[0])) == references[0]

@@ -6,6 +6,7 @@ import tensorflow_datasets as tfds
 
 from experiments import tasks
 from experiments.input_pipeline import cifar
+from experiments.input_pipeline import cifar_jpeg
 from experiments.input_pipeline import multi30k
 from experiments.input_pipeline import wikitext2
 
@@ -70,7 +71,7 @@ def test_multi30k_translation_data(data_dir):
 
 
 def test_cifar10_jpeg_subset(data_dir):
-  data = cifar.load_cifar10_jpeg_subset(data_dir)
+  data = cifar_jpeg.load_cifar10_jpeg_subset(data_dir)
   assert data.train_images.shape == data.test_images.shape == (10_000, 32,
                                                                32, 3)
   assert data.train_images.dtype == np.uint8
@@ -90,7 +91,7 @@ def test_cifar10_jpeg_subset(data_dir):
 
 def test_cifar10_jpeg_full_and_subset_prefix(data_dir, tmp_path):
   cache_dir = tmp_path / "cache"
-  data = cifar.load_cifar10_jpeg_full(data_dir, cache_dir=cache_dir)
+  data = cifar_jpeg.load_cifar10_jpeg_full(data_dir, cache_dir=cache_dir)
   assert data.train_images.shape == (50_000, 32, 32, 3)
   assert data.test_images.shape == (10_000, 32, 32, 3)
   assert data.train_images.dtype == data.test_images.dtype == np.uint8
@@ -99,13 +100,13 @@ def test_cifar10_jpeg_full_and_subset_prefix(data_dir, tmp_path):
   assert data.test_labels.shape == (10_000,)
   np.testing.assert_array_equal(np.bincount(data.train_labels), [5_000] * 10)
   np.testing.assert_array_equal(np.bincount(data.test_labels), [1_000] * 10)
-  assert (data.num_classes, data.mean, data.std) == (10, *cifar.STATS[
+  assert (data.num_classes, data.mean, data.std) == (10, *cifar_jpeg.STATS[
       "cifar10"])
   assert len(list(cache_dir.glob(
-      f"*{cifar.JPEG_FULL_SHA256}*.npz"))) == 1
+      f"*{cifar_jpeg.JPEG_FULL_SHA256}*.npz"))) == 1
   # The subset is the first 1,000 train images of each class, in order, and
   # the same test set.
-  subset = cifar.load_cifar10_jpeg_subset(data_dir)
+  subset = cifar_jpeg.load_cifar10_jpeg_subset(data_dir)
   for c in range(10):
     np.testing.assert_array_equal(
         data.train_images[data.train_labels == c][:1_000],
@@ -118,6 +119,6 @@ def test_cifar10_jpeg_full_and_subset_prefix(data_dir, tmp_path):
   np.testing.assert_array_equal(images, subset.train_images)
   np.testing.assert_array_equal(labels, subset.train_labels)
   # The second load comes from the cache and equals the first.
-  again = cifar.load_cifar10_jpeg_full(data_dir, cache_dir=cache_dir)
+  again = cifar_jpeg.load_cifar10_jpeg_full(data_dir, cache_dir=cache_dir)
   for field in ("train_images", "train_labels", "test_images", "test_labels"):
     np.testing.assert_array_equal(getattr(again, field), getattr(data, field))

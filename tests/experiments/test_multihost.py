@@ -28,6 +28,7 @@ import numpy as np
 
 from experiments import configs
 from experiments import train
+from experiments import worker_arrays
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NUM_WORKERS = 8
@@ -82,14 +83,14 @@ def _rows(tree) -> list:
   return rows
 
 
-def _record_inputs(trainer: train.Trainer, run: int, record: dict) -> None:
+def _record_inputs(setup: train.Setup, run: int, record: dict) -> None:
   """What each worker is fed and computes at the initial parameters.
 
   Per step t < DATA_STEPS: the batch (`task.train_batch(t)`, as the trainer
   gets it), the worker's random key and local gradient, both through the
   trainer's own loss closure, and the gradient's all-reduced mean.
   """
-  task, axis, keys = trainer.task, trainer.axis_name, []
+  task, axis, keys = setup.task, setup.workers.axis_name, []
   loss = task.loss
 
   def keyed_loss(params, model_state, batch, rng, step):
@@ -97,13 +98,14 @@ def _record_inputs(trainer: train.Trainer, run: int, record: dict) -> None:
     return loss(params, model_state, batch, rng, step)
 
   def worker_view(params, model_state, batch, step):
-    loss_fn = trainer._loss_fn(model_state, batch, step)
+    loss_fn = train.worker_loss(task, setup.dropout_key, axis, model_state,
+                                batch, step)
     grads = jax.grad(lambda p: loss_fn(p)[0])(params)
     return (jax.random.key_data(keys.pop()), grads,
             jax.lax.pmean(grads, axis))
 
-  view = trainer.workers.map(worker_view, in_axes=(0, 0, 0, None))
-  state = trainer.init_state()
+  view = setup.workers.map(worker_view, in_axes=(0, 0, 0, None))
+  state = train.init_state(setup)
   for worker, j, row in _rows(state["params"]):
     record[f"run{run}/params/step0/worker{worker}/{j}"] = row
   task.loss = keyed_loss
@@ -122,16 +124,17 @@ def _record_inputs(trainer: train.Trainer, run: int, record: dict) -> None:
 def _train_all(out: pathlib.Path) -> None:
   record = {}
   for run, config in enumerate(_runs()):
-    trainer = train.Trainer(config, out / config.name)
-    _record_inputs(trainer, run, record)
-    trainer.train()
-    final = trainer.final_parameters(trainer.state)
+    setup = train.set_up(config)
+    _record_inputs(setup, run, record)
+    state = train.train_and_evaluate(config, out / config.name,
+                                     setup=setup).state
+    final = train.final_parameters(setup, state)
     for j, leaf in enumerate(jax.tree.leaves(final)):
       record[f"run{run}/final/{j}"] = np.asarray(leaf)
   # `_worker0` (the smoothness probe's read) gives worker 0 on every process;
   # `addressable_data(0)` alone would be worker 4 on process 1.
-  rows = trainer.workers.put(np.arange(NUM_WORKERS, dtype=np.float32))
-  assert float(train._worker0(rows)) == 0.0, train._worker0(rows)
+  rows = setup.workers.put(np.arange(NUM_WORKERS, dtype=np.float32))
+  assert float(worker_arrays.worker0(rows)) == 0.0, worker_arrays.worker0(rows)
   np.savez(out / f"record{jax.process_index()}.npz", **record)
 
 

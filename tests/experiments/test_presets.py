@@ -12,7 +12,10 @@ import extrap_optax
 
 from experiments import configs
 from experiments import main
+from experiments import methods
+from experiments import schedules
 from experiments import train
+from experiments.configs import overrides
 from experiments.configs import paper_results
 
 # One run per preset trains at toy size; together they cover the three tasks,
@@ -40,11 +43,11 @@ def test_preset_builds_its_optimizers(name, scale):
     assert config.name == run_name and config.preset == name
     assert config.row and config.column
     steps_per_epoch = 20
-    num_steps = train.total_steps(config, steps_per_epoch)
-    schedule = train.make_schedule(config, steps_per_epoch, num_steps)
+    num_steps = schedules.total_steps(config, steps_per_epoch)
+    schedule = schedules.make_schedule(config, steps_per_epoch, num_steps)
     assert math.isfinite(float(schedule(0))) and float(schedule(0)) > 0
-    train.make_optimizer(config, schedule, steps_per_epoch, num_steps,
-                         ("devices", "workers"))
+    methods.build(config, schedule, steps_per_epoch=steps_per_epoch,
+                  num_steps=num_steps, axis_name=("devices", "workers"))
 
 
 @pytest.mark.parametrize("name", sorted(paper_results.PAPER_RESULTS))
@@ -66,17 +69,20 @@ def test_paper_scale_is_the_published_setting():
 
 def test_overrides_parse_and_check_types():
   config = configs.get_preset("fig1", "toy").runs["extrap_sgd"]
-  main.apply_overrides(config, [
+  config = overrides.apply(config, overrides.parse([
       "optimizer.base_learning_rate=1", "schedule.decay_fractions=(0.3, 0.6)",
-      "data.source=jpeg", "model.kwargs.depth=14"])
+      "data.source=jpeg", "model.kwargs.depth=14"]))
   assert config.optimizer.base_learning_rate == 1.0
   assert config.schedule.decay_fractions == (0.3, 0.6)
   assert config.data.source == "jpeg"
   assert config.model.kwargs.depth == 14
-  with pytest.raises(ValueError, match="Unknown config field"):
-    main.apply_overrides(config, ["optimizer.learning_rate=0.1"])
+  with pytest.raises(ValueError, match="optimizer.learning_rate is not a field "
+                     "of optimizer.method='extrap_sgd'"):
+    overrides.apply(config, overrides.parse(["optimizer.learning_rate=0.1"]))
+  with pytest.raises(ValueError, match="Unknown config field 'data.sorce'"):
+    overrides.apply(config, overrides.parse(["data.sorce=tfds"]))
   with pytest.raises(TypeError):
-    main.apply_overrides(config, ["workers.num_workers=many"])
+    overrides.apply(config, overrides.parse(["workers.num_workers=many"]))
 
 
 def test_sweep_dry_run_lists_the_paper_grid(capsys, tmp_path):
@@ -98,7 +104,7 @@ def test_toy_run_trains(name, tmp_path):
   if config.workers.num_workers > len(jax.devices()):
     assert config.workers.num_workers % len(jax.devices()) == 0
   config.checkpoint_every_steps = 0
-  summary = train.Trainer(config, tmp_path).train()
+  summary = train.train_and_evaluate(config, tmp_path).summary
   assert summary["status"] == "completed"
   assert summary["steps"] == config.num_steps
   assert math.isfinite(summary["final_online_train_loss"])
@@ -125,7 +131,8 @@ def test_transformer_presets_keep_the_paper_adam_constants(method):
   """The library's Adam defaults are optax's; the presets set App. C's β2 = 0.98,
   ε = 1e-9, so the Transformer's shared point steps as optax.adam with them."""
   config = configs.get_preset("fig3", "small").runs[f"{method}_k2"]
-  tx = train.make_optimizer(config, lambda count: 1e-3, 20, 100, axis_name=None)
+  tx = methods.build(config, lambda count: 1e-3, steps_per_epoch=20,
+                     num_steps=100, axis_name=None)
   got = _adam_trajectory(tx)
   paper = _adam_trajectory(optax.adam(1e-3, b1=0.9, b2=0.98, eps=1e-9))
   np.testing.assert_allclose(got, paper, rtol=1e-6)

@@ -70,10 +70,10 @@ def test_the_trainer_and_pipeline_use_their_streams(tmp_path):
   config = configs.get_preset("table1", "toy").runs[
       "resnet20_extrap_uniform_noise"]
   config.seed = SEED
-  trainer = train.Trainer(config, tmp_path)
-  assert _data(trainer.dropout_key) == _data(
+  setup = train.set_up(config)
+  assert _data(setup.dropout_key) == _data(
       random_streams.stream_key(SEED, "dropout"))
-  shuffle_key, augment_key = trainer.task.pipeline._keys
+  shuffle_key, augment_key = setup.task.pipeline._keys
   assert _data(shuffle_key) == _data(random_streams.stream_key(SEED, "shuffle"))
   assert _data(augment_key) == _data(random_streams.stream_key(SEED, "augment"))
   expected = np.asarray(jax.random.permutation(

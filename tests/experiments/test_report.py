@@ -7,6 +7,8 @@ import pytest
 from experiments import report
 
 STEPS = range(10, 101, 10)
+# The preset names its baseline run and the report its method's label.
+BASELINE = ("minibatch_sgd", "mini-batch SGD")
 
 
 def _write_run(root, name, loss_of_step):
@@ -34,7 +36,7 @@ def test_speedup_and_the_verdict_on_the_papers_claim(tmp_path, rate, speedup,
   assert report.FINAL_POINTS == 3
   _write_run(tmp_path, "minibatch_sgd", lambda s: 2 - s / 100)
   _write_run(tmp_path, "extrap_sgd", lambda s: 2 - s / rate)
-  text = report.compare(tmp_path, claimed_speedup=2.0)
+  text = report.compare(tmp_path, claimed_speedup=2.0, baseline=BASELINE)
   assert f"extrap_sgd reached mini-batch SGD's final loss {speedup:.2f}x" in text
   assert (f"The paper reports at least 2x; measured here: {speedup:.2f}x. "
           f"{verdict}") in text
@@ -44,7 +46,7 @@ def test_speedup_and_the_verdict_on_the_papers_claim(tmp_path, rate, speedup,
 def test_a_method_that_never_reaches_the_target_is_not_there(tmp_path):
   _write_run(tmp_path, "minibatch_sgd", lambda s: 2 - s / 100)
   _write_run(tmp_path, "extrap_sgd", lambda s: 1.5)
-  text = report.compare(tmp_path, claimed_speedup=2.0)
+  text = report.compare(tmp_path, claimed_speedup=2.0, baseline=BASELINE)
   assert "extrap_sgd did not reach mini-batch SGD's final loss." in text
   assert ("measured here: never. The claimed effect is NOT there at this "
           "size.") in text

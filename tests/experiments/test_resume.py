@@ -11,9 +11,10 @@ from tests import event_files
 
 
 def _final_parameters(config, run_dir, stop_at_step=None):
-  trainer = train.Trainer(config, run_dir)
-  summary = trainer.train(stop_at_step=stop_at_step)
-  return summary, trainer.final_parameters(trainer.state), trainer.state
+  setup = train.set_up(config)
+  summary, state = train.train_and_evaluate(
+      config, run_dir, stop_at_step=stop_at_step, setup=setup)
+  return summary, train.final_parameters(setup, state), state
 
 
 @pytest.mark.parametrize("preset,run", [

@@ -11,7 +11,8 @@ import pytest
 from experiments import main
 from experiments import report
 from experiments import study as study_lib
-from experiments import train
+from experiments import schedules
+from experiments import study_report
 from experiments.configs import studies
 
 # Written per run but not results: they depend on the machine and the clock.
@@ -29,7 +30,7 @@ def _fake_trainer(loss_of, decoy_of=None):
 
   def train_fn(config, directory, stop_at_step):
     calls.append((config.name, config.optimizer.base_learning_rate,
-                  config.optimizer.extrapolation_scale, config.seed))
+                  config.optimizer.get("extrapolation_scale"), config.seed))
     train_fn.configs.append(config)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(config.to_json())
@@ -76,7 +77,7 @@ def test_grids_are_extended_until_the_best_value_is_inside(tmp_path):
   assert {c[1] for c in calls if c[0] == "extrap_sgd"} == {0.05}
   # The other seeds of each best setting.
   assert sorted(c for c in calls if c[3] == 1) == [
-      ("extrap_sgd", 0.05, 8.0, 1), ("minibatch_sgd", 0.05, 1.0, 1)]
+      ("extrap_sgd", 0.05, 8.0, 1), ("minibatch_sgd", 0.05, None, 1)]
 
   # Completed runs are never trained again.
   again, calls_again = _fake_trainer(loss_of)
@@ -88,7 +89,7 @@ def test_grids_are_extended_until_the_best_value_is_inside(tmp_path):
 def test_grid_extension_is_bounded(tmp_path):
   study = dataclasses.replace(studies.toy(), max_extensions=1)
   train_fn, calls = _fake_trainer(
-      lambda c: -c.optimizer.extrapolation_scale)   # bigger is always better
+      lambda c: -c.optimizer.get("extrapolation_scale", 0.0))  # bigger: better
   choices = study_lib.StudyRunner(study, tmp_path, train_fn=train_fn,
                                   log=lambda _: None).execute()
   assert choices["variants"] == {"extrap_sgd": 4.0}
@@ -99,7 +100,8 @@ def test_grid_extension_is_bounded(tmp_path):
 def test_seed_runs_go_seed_by_seed_so_a_stopped_study_has_matched_pairs(
     tmp_path):
   study = dataclasses.replace(studies.toy(), seeds=(1, 2))
-  train_fn, calls = _fake_trainer(lambda c: c.optimizer.extrapolation_scale)
+  train_fn, calls = _fake_trainer(
+      lambda c: c.optimizer.get("extrapolation_scale", 0.0))
   choices = study_lib.StudyRunner(study, tmp_path, train_fn=train_fn,
                                   log=lambda _: None).execute()
   seed_calls = [(c[3], c[0]) for c in calls if c[3] > 0]
@@ -193,7 +195,7 @@ def test_stopped_and_restarted_study_matches_uninterrupted(tmp_path):
   for name in expected:
     assert actual[name] == expected[name], name
   # The report of both is the same too.
-  text = study_lib.write_report(study, full_root, tmp_path / "report_full")
+  text = study_report.write_report(study, full_root, tmp_path / "report_full")
   assert "Stage 3" in text and "| mini-batch SGD | 1 |" in text
   assert (tmp_path / "report_full" / "toy.png").exists()
   copied = list((tmp_path / "report_full" / "runs").rglob("metrics.jsonl"))
@@ -245,7 +247,8 @@ def test_fig3_study_is_the_documented_proxy_tuned_by_validation_loss(
     return abs(math.log2(config.optimizer.extrapolation_scale) - 1)  # at 2
 
   def training_loss(config):
-    return config.schedule.scale - config.optimizer.extrapolation_scale
+    return config.schedule.scale - config.optimizer.get("extrapolation_scale",
+                                                        0.0)
 
   study = studies.fig3_cpu()
   train_fn, _ = _fake_trainer(validation_loss, training_loss)
@@ -269,16 +272,17 @@ def test_fig3_study_is_the_documented_proxy_tuned_by_validation_loss(
         d_model=64, d_ff=256, num_heads=4, num_encoder_layers=2,
         num_decoder_layers=2)
     opt = config.optimizer
-    assert (opt.b1, opt.b2, opt.eps, opt.weight_decay,
-            opt.trust_coefficient, opt.grad_clip_norm) == (
-                0.9, 0.98, 1e-9, 0.0, 0.0, 0.0)
+    # Adam's own fields only: no SGD momentum, weight decay or LARS.
+    assert opt.to_dict() == dict(method="adam", base_learning_rate=0.1,
+                                 grad_clip_norm=0.0, b1=0.9, b2=0.98,
+                                 eps=1e-9)
     assert config.schedule.name == "inverse_sqrt"
     # 29,000 // (20 * 64) = 22 steps an epoch, 15 epochs; the rate peaks at
     # the end of a 33-step warm-up at c_s·d^-1/2·w^-1/2; the validation loss
     # every half epoch.
-    num_steps = train.total_steps(config, 22)
+    num_steps = schedules.total_steps(config, 22)
     assert num_steps == 330
-    rates = [float(train.make_schedule(config, 22, num_steps)(count))
+    rates = [float(schedules.make_schedule(config, 22, num_steps)(count))
              for count in range(num_steps)]
     assert int(np.argmax(rates)) + 1 == 33
     np.testing.assert_allclose(
@@ -295,7 +299,7 @@ def test_fig3_study_is_the_documented_proxy_tuned_by_validation_loss(
       ("extrap_adam", 1), ("extrap_adam", 2), ("extrap_adam", 3),
       ("extrap_adam", 4)]
 
-  text = study_lib.write_report(study, tmp_path / "study", tmp_path / "report")
+  text = study_report.write_report(study, tmp_path / "study", tmp_path / "report")
   assert "Criterion: `valid_loss`" in text
   assert "| scale | status | steps | final valid_loss | test BLEU |" in text
   # The summaries' BLEU is 10 + seed: mean and sample SD over seeds 1-4

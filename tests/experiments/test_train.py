@@ -15,10 +15,12 @@ import pytest
 import extrap_optax
 from experiments import checkpointing
 from experiments import configs
+from experiments import diagnostics
 from experiments import main
 from experiments import report
 from experiments import tasks
 from experiments import train
+from experiments.tasks import classification
 
 
 def test_main_command_runs_fig1_and_compares(tmp_path, capsys):
@@ -44,12 +46,19 @@ def test_main_command_runs_fig1_and_compares(tmp_path, capsys):
   assert config["optimizer"]["method"] == "extrap_sgd"
   assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2"]
 
-  # A run's saved config alone trains it again, to the same records.
-  assert main.main(["rerun", str(run / "config.json"), "--run-dir",
-                    str(tmp_path / "again")]) == 0
+  # A run's saved config alone trains it again, to the same records; with
+  # --max-steps, the first steps of them.
   def untimed(records):
     return [{k: v for k, v in r.items() if k != "throughput"}
             for r in records]
+  assert main.main(["rerun", str(run / "config.json"), "--run-dir",
+                    str(tmp_path / "first"), "--max-steps", "1"]) == 0
+  assert untimed(report.read_metrics(tmp_path / "first")) == untimed(
+      [r for r in records if r["step"] <= 1])
+  assert json.loads((tmp_path / "first" / "summary.json").read_text())[
+      "status"] == "stopped"
+  assert main.main(["rerun", str(run / "config.json"), "--run-dir",
+                    str(tmp_path / "again")]) == 0
   assert untimed(report.read_metrics(tmp_path / "again")) == untimed(records)
 
   # A second invocation skips completed runs.
@@ -66,24 +75,24 @@ def test_main_command_runs_fig1_and_compares(tmp_path, capsys):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config = configs.get_preset("fig2", "toy").runs["minibatch_sgd_k4"]
   config.num_steps = 6
-  trainer = train.Trainer(config, tmp_path)
-  original_loss = trainer.task.loss
+  setup = train.set_up(config)
+  original_loss = setup.task.loss
 
   def loss_that_breaks(params, model_state, batch, rng, step):
     value, aux = original_loss(params, model_state, batch, rng, step)
     return jnp.where(step >= 3, jnp.nan, value), aux
 
-  trainer.task.loss = loss_that_breaks
+  setup.task.loss = loss_that_breaks
   with pytest.raises(train.NonFiniteLossError,
                      match="loss is nan at step 4.*last good checkpoint is "
                      "step 3"):
-    trainer.train()
+    train.train_and_evaluate(config, tmp_path, setup=setup)
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["status"] == "diverged"
   checkpointer = checkpointing.Checkpointer(tmp_path / "checkpoints",
                                             max_to_keep=2)
   assert checkpointer.latest_step() == 3
-  state = checkpointer.restore(3, trainer.init_state())
+  state = checkpointer.restore(3, train.init_state(setup))
   checkpointer.close()
   assert all(np.all(np.isfinite(np.asarray(x)))
              for x in jax.tree.leaves(state))
@@ -117,11 +126,11 @@ def test_evaluation_subset_of_class_sorted_data_covers_every_class():
   # images would hold two classes only.
   labels = np.repeat(np.arange(10), 1000)
   images = np.arange(10000)[:, None]
-  sub_images, sub_labels = tasks._subset(images, labels, 2000)
+  sub_images, sub_labels = classification.subset(images, labels, 2000)
   counts = np.bincount(sub_labels, minlength=10)
   assert len(sub_labels) == 2000 and counts.min() > 150
   np.testing.assert_array_equal(labels[sub_images[:, 0]], sub_labels)
-  assert tasks._subset(images, labels, 0)[1] is labels
+  assert classification.subset(images, labels, 0)[1] is labels
 
 
 def test_cli_gives_each_worker_a_cpu_device():
@@ -153,14 +162,13 @@ def test_shared_point_training_loss_is_measured_at_y(tmp_path):
   config.num_steps = 3
   config.data.train_eval_size = 48
   config.train_eval_every_steps = 2
-  trainer = train.Trainer(config, tmp_path)
-  trainer.train()
+  setup = train.set_up(config)
+  state = train.train_and_evaluate(config, tmp_path, setup=setup).state
   records = report.read_metrics(tmp_path)
   measured = [r for r in records if "shared_point_train_loss" in r]
   assert [r["step"] for r in measured] == [2, 3]
   assert all("online_train_loss" not in r for r in measured)
 
-  state = trainer.state
   stacked_y = state["opt_state"].shared_params   # (K, ...) per worker
   params = jax.tree.map(lambda x: np.asarray(x)[0], stacked_y)
   # y is the same on every worker, and differs from the points z they hold.
@@ -170,7 +178,7 @@ def test_shared_point_training_loss_is_measured_at_y(tmp_path):
       jax.tree.leaves(state["params"]), jax.tree.leaves(params)))
   batch_stats = jax.tree.map(lambda x: np.asarray(x).mean(0),
                              state["model_state"])
-  task = trainer.task
+  task = setup.task
   images = (task.train_eval_images / 255.0 - np.asarray(task.mean)) / np.asarray(
       task.std)
   logits = task.model.apply({"params": params, **batch_stats},
@@ -218,19 +226,18 @@ def test_validation_loss_is_measured_at_y_and_bleu_only_at_the_end(tmp_path):
   config.num_evals = 2
   config.checkpoint_every_steps = 0
   config.data.bleu_at_every_eval = False
-  trainer = train.Trainer(config, tmp_path)
-  summary = trainer.train()
+  setup = train.set_up(config)
+  summary, state = train.train_and_evaluate(config, tmp_path, setup=setup)
   evaluations = [r for r in report.read_metrics(tmp_path) if "valid_loss" in r]
   assert [r["step"] for r in evaluations] == [1, 2]
   assert ["test_bleu" in r for r in evaluations] == [False, True]
   assert summary["final_test_bleu"] == evaluations[-1]["test_bleu"]
   assert summary["final_valid_loss"] == evaluations[-1]["valid_loss"]
 
-  state = trainer.state
   y = jax.tree.map(lambda x: np.asarray(x)[0], extrap_optax.evaluation_params(
       state["params"], state["opt_state"]))
   z = jax.tree.map(lambda x: np.asarray(x)[0], state["params"])
-  sources, targets = trainer.task.valid
+  sources, targets = setup.task.valid
   src = np.zeros((len(sources), max(map(len, sources))), np.int32)
   tgt = np.zeros((len(targets), max(map(len, targets))), np.int32)
   for i, (s, t) in enumerate(zip(sources, targets)):
@@ -238,7 +245,7 @@ def test_validation_loss_is_measured_at_y_and_bleu_only_at_the_end(tmp_path):
 
   def validation_loss(params):
     """Token-mean cross-entropy over the non-pad validation targets."""
-    logits = np.asarray(trainer.task.model.apply(
+    logits = np.asarray(setup.task.model.apply(
         {"params": params}, src, tgt[:, :-1], train=False))
     labels = tgt[:, 1:]
     losses = _numpy_cross_entropy(logits.reshape(-1, logits.shape[-1]),
@@ -264,7 +271,7 @@ def test_extrapolation_ratios_per_tensor_against_numpy():
     grads["c"] = jnp.zeros((2, 2))          # a tensor that does not move
     updates, next_state = tx.update(grads, state, params)
     next_params = optax.apply_updates(params, updates)
-    ratios = train.extrapolation_ratios(params, state, next_params,
+    ratios = diagnostics.extrapolation_ratios(params, state, next_params,
                                         next_state)
     y, y_next = state.shared_params, next_state.shared_params
     expected = [np.linalg.norm(np.asarray(next_params[k]) - y_next[k])
@@ -281,4 +288,4 @@ def test_train_eval_size_needs_a_task_that_has_it(tmp_path):
   config = configs.get_preset("fig2", "toy").runs["extrap_sgd_k4"]
   config.data.train_eval_size = 10
   with pytest.raises(ValueError, match="data.train_eval_size"):
-    train.Trainer(config, tmp_path)
+    train.set_up(config)

@@ -1,0 +1,225 @@
+"""The Markdown report of a study (`experiments.study`): tables, figure, artifacts.
+
+`write_report(study, root, out)` reads the study's runs under `root` (the
+choices the runner made are recomputed from them) and writes
+`out/report.md`, `out/<study>.png` and each run's config, metrics and
+summary under `out/runs/`. Values over seeds are shown as mean ± sample SD
+(`report.format_mean_sd`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from experiments import report
+from experiments import run_info
+from experiments.study import final_score
+from experiments.study import Study
+from experiments.study import StudyRunner
+
+
+def _runs_under(directory: pathlib.Path) -> list[dict[str, Any]]:
+  return report.load_runs(directory) if directory.is_dir() else []
+
+
+def _ratio_summary(records: Sequence[dict[str, Any]]) -> str:
+  medians = [r["extrapolation_ratio_median"] for r in records
+             if "extrapolation_ratio_median" in r and r["step"] > 1]
+  maxima = [r["extrapolation_ratio_max"] for r in records
+            if "extrapolation_ratio_max" in r and r["step"] > 1]
+  if not medians:
+    return "n/a"
+  return (f"{np.median(medians):.3f} [{np.percentile(medians, 10):.3f}, "
+          f"{np.percentile(medians, 90):.3f}]; max {np.max(maxima):.2f}")
+
+
+def _test_value(summary: dict[str, Any], metric: str) -> float | None:
+  """The run's final `metric`, in % for an accuracy (None: not measured)."""
+  value = summary.get(f"final_{metric}")
+  if value is None:
+    return None
+  return 100 * value if metric.endswith("accuracy") else value
+
+
+def _test_header(metric: str) -> str:
+  """"test_accuracy" -> "test accuracy (%)", "test_bleu" -> "test BLEU"."""
+  name = metric.replace("_", " ").replace("bleu", "BLEU")
+  return f"{name} (%)" if metric.endswith("accuracy") else name
+
+
+class _Reporter:
+  """Reads a study's runs and writes its Markdown report and figure."""
+
+  def __init__(self, study: Study, root: pathlib.Path):
+    self.study = study
+    self.root = root
+    name, label, _ = study.baseline
+    self.baseline = name
+    self.labels = {name: label, **{v.name: v.label for v in study.variants}}
+
+  def final(self, run: dict[str, Any], key: str | None = None) -> float:
+    study = self.study
+    if key is not None:
+      study = dataclasses.replace(study, criterion=key)
+    return final_score(study, run["summary"], run["metrics"])
+
+  @property
+  def criteria(self) -> tuple[str, ...]:
+    return (self.study.criterion,) + self.study.secondary_criteria
+
+  def tuning_table(self, method: str, key: str) -> list[str]:
+    leaf = key.split(".")[-1]
+    finals = " | ".join(f"final {k}" for k in self.criteria)
+    test = self.study.test_metric
+    lines = [f"| {leaf} | status | steps | {finals} | {_test_header(test)} | "
+             "extrapolation ratio ‖z−y‖/‖Δy‖: median over steps of the "
+             "per-step median over tensors [10%, 90%]; max |",
+             "| --- | --- | --- |" + " --- |" * len(self.criteria)
+             + " --- | --- |"]
+    runs = _runs_under(self.root / "tune" / method)
+    rows = []
+    for run in runs:
+      config = json.loads((run["dir"] / "config.json").read_text())
+      value = config
+      for part in key.split("."):
+        value = value[part]
+      rows.append((value, run))
+    for value, run in sorted(rows, key=lambda r: r[0]):
+      summary = run["summary"]
+      finals = " | ".join(f"{self.final(run, k):.4f}" for k in self.criteria)
+      lines.append(
+          f"| {value:g} | {summary['status']} | {summary['steps']} | "
+          f"{finals} | {report.format_mean_sd([_test_value(summary, test)], 2)} | "
+          f"{_ratio_summary(run['metrics'])} |")
+    return lines
+
+  def seed_groups(self, choices: dict[str, Any]) -> dict[str, list]:
+    groups = {}
+    for method, directories in choices.get("seed_dirs", {}).items():
+      runs = []
+      for relative in directories:
+        summary = self.root / relative / "summary.json"
+        if summary.exists():
+          runs.append({"summary": json.loads(summary.read_text()),
+                       "metrics": report.read_metrics(self.root / relative),
+                       "dir": self.root / relative})
+      groups[method] = runs
+    return groups
+
+  def results_table(self, groups: dict[str, list], criterion: str) -> list[str]:
+    """Final `criterion`, steps to the baseline's final one, speed-ups."""
+    by_seed = {r["summary"]["seed"]: r for r in groups.get(self.baseline, [])
+               if r["summary"]["status"] == "completed"}
+    test = self.study.test_metric
+    lines = [f"| method | seeds | final {criterion} | {_test_header(test)} | "
+             f"steps to the baseline's final {criterion} | speed-up "
+             "(baseline steps / method steps), per seed | mean ± std |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for method, runs in groups.items():
+      steps, speedups = [], []
+      for run in runs:
+        reference = by_seed.get(run["summary"]["seed"])
+        if reference is None:
+          continue
+        target = self.final(reference, criterion)
+        base_steps, method_steps = (
+            report.first_crossing(r["metrics"], criterion, target,
+                                  self.study.final_points)
+            for r in (reference, run))
+        steps.append(method_steps)
+        speedups.append(base_steps / method_steps
+                        if math.isfinite(method_steps) else math.nan)
+      per_seed = ", ".join("not reached" if math.isnan(s) else f"{s:.2f}x"
+                           for s in speedups) or "n/a"
+      lines.append(
+          f"| {self.labels.get(method, method)} | {len(runs)} | "
+          f"{report.format_mean_sd([self.final(r, criterion) for r in runs], 4)} | "
+          f"{report.format_mean_sd([_test_value(r['summary'], test) for r in runs], 2)} | "
+          f"{report.format_mean_sd(steps, 0)} | {per_seed} | {report.format_mean_sd(speedups, 2)} |")
+    return lines
+
+
+def _machines(runs: Sequence[dict[str, Any]]) -> str:
+  """Each machine named in the runs' summaries, with how many runs it trained."""
+  counts = collections.Counter(r["summary"].get("machine", "not recorded")
+                               for r in runs)
+  return "; ".join(f"{name} ({count} runs)" for name, count in counts.items())
+
+
+def _copy_artifacts(root: pathlib.Path, out: pathlib.Path) -> int:
+  """Copies each run's config, metrics and summary (not its checkpoints)."""
+  count = 0
+  for summary in sorted(root.rglob("summary.json")):
+    if out in summary.parents:
+      continue
+    target = out / "runs" / summary.parent.relative_to(root)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+      source = summary.parent / name
+      if source.exists():
+        (target / name).write_bytes(source.read_bytes())
+    count += 1
+  return count
+
+
+def write_report(study: Study, root: pathlib.Path,
+                 out: pathlib.Path) -> str:
+  """Writes `out/report.md`, `out/<study>.png` and the runs' artifacts.
+
+  Returns:
+    The Markdown text.
+  """
+  root, out = pathlib.Path(root), pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  choices = StudyRunner(study, root, dry_run=True, log=lambda _: None).execute()
+  reporter = _Reporter(study, root)
+  name, label, _ = study.baseline
+  runs = [r for r in report.load_runs(root)
+          if "report" not in r["dir"].relative_to(root).parts]
+  finished = sorted(r["summary"].get("finished_at", "") for r in runs)
+  finished = [f for f in finished if f]
+  lines = [f"# Study {study.name}", "", study.description, "",
+           f"Command: `python -m experiments.main study --study {study.name}`"
+           " (resumable: run it again to continue).", "",
+           f"Report written on: {run_info.machine()}. Runs finished between "
+           f"{finished[0] if finished else 'n/a'} and "
+           f"{finished[-1] if finished else 'n/a'}, trained on: "
+           f"{_machines(runs)}.", "",
+           f"Criterion: `{study.criterion}`, final value = mean of the last "
+           f"{study.final_points} measurements.", "",
+           f"## Stage 1: {label}, {study.baseline_key} (seed "
+           f"{study.tuning_seed})", ""]
+  lines += reporter.tuning_table(name, study.baseline_key)
+  best = choices["baseline"]
+  lines += ["", f"Best: {best if best is not None else 'pending'}.", ""]
+  for variant in study.variants:
+    lines += [f"## Stage 2: {variant.label}, {variant.tuned_key}", ""]
+    lines += reporter.tuning_table(variant.name, variant.tuned_key)
+    value = choices["variants"].get(variant.name)
+    lines += ["", f"Best: {value if value is not None else 'pending'}.", ""]
+  groups = reporter.seed_groups(choices)
+  lines += ["## Stage 3: the best settings over seeds", ""]
+  if groups:
+    for criterion in reporter.criteria:
+      lines += reporter.results_table(groups, criterion) + [""]
+    figure = out / f"{study.name}.png"
+    report.plot_comparison(
+        {reporter.labels.get(m, m): runs for m, runs in groups.items()},
+        figure, reporter.criteria)
+    lines += ["", f"![{study.name}]({figure.name})", ""]
+  else:
+    lines += ["Pending: the tuning stages are not finished.", ""]
+  count = _copy_artifacts(root, out)
+  lines += [f"{count} runs' config.json, metrics.jsonl and summary.json are "
+            "in `runs/`.", ""]
+  text = "\n".join(lines)
+  (out / "report.md").write_text(text)
+  return text

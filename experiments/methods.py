@@ -102,8 +102,6 @@ class Method:
       defaults.
     build: the optax transformation of a run (`BuildContext`), per worker.
     grid: its tuning grid (App. C.1): dotted key -> values.
-    local: a communication-periodic method: between averaging rounds the
-      workers' models differ, and the model evaluated is their mean.
     choices: the fields that take one of a few names, and those names.
   """
   name: str
@@ -111,7 +109,6 @@ class Method:
   fields: Mapping[str, Any]
   build: Callable[[BuildContext], optax.GradientTransformation]
   grid: Mapping[str, tuple[Any, ...]]
-  local: bool = False
   choices: Mapping[str, tuple[str, ...]] = dataclasses.field(
       default_factory=dict)
 
@@ -252,7 +249,7 @@ POST_LOCAL_SGD = Method(
     name="post_local_sgd", label="mini-batch SGD (with post-local SGD)",
     fields={**SGD_FIELDS, **LOCAL_FIELDS},
     build=lambda c: _post_local(c, extrapolates=False),
-    grid={**SGD_GRID, "optimizer.sync_period": SYNC_PERIODS}, local=True)
+    grid={**SGD_GRID, "optimizer.sync_period": SYNC_PERIODS})
 
 POST_LOCAL_EXTRAP_SGD = Method(
     name="post_local_extrap_sgd", label="EXTRAP-SGD (with post-local SGD)",
@@ -261,7 +258,7 @@ POST_LOCAL_EXTRAP_SGD = Method(
     build=lambda c: _post_local(c, extrapolates=True),
     grid={**SGD_GRID, "optimizer.extrapolation_scale": EXTRAP_SCALES,
           "optimizer.sync_period": SYNC_PERIODS},
-    local=True, choices={"extrapolation_scaling": PAST_GRADIENT_SCALINGS})
+    choices={"extrapolation_scaling": PAST_GRADIENT_SCALINGS})
 
 # The paper tunes no rate for Adam's inverse-square-root schedule.
 ADAM = Method(

@@ -61,22 +61,17 @@ class NonFiniteParametersError(TrainingDivergedError):
   """The parameters (or the optimizer's shared point) became NaN or infinite."""
 
 
-def evaluation_point(method: methods.Method, params: Any, opt_state: Any,
-                     model_state: Any) -> tuple[Any, Any]:
-  """The model a method evaluates, from stacked trees: (parameters, model state).
+def evaluation_point(workers: extrap_optax.Workers, params: Any,
+                     opt_state: Any, model_state: Any) -> tuple[Any, Any]:
+  """The model to evaluate, from stacked trees: (parameters, model state).
 
-  The parameters are the shared point y (`extrap_optax.evaluation_params`):
-  worker 0's copy, or for a local method (post-local SGD), whose workers'
-  models differ between averaging rounds, their mean, the model the next
-  round would produce. The model state (BatchNorm statistics) is averaged
-  over workers.
+  The parameters are the library's (`Workers.evaluation_params`): the shared
+  point y, or, for a local communication policy (post-local SGD, DiLoCo)
+  whose workers' models differ between rounds, their average. The model
+  state (BatchNorm statistics) is averaged over workers.
   """
-  shared = extrap_optax.evaluation_params(params, opt_state)
-  if method.local:
-    shared = extrap_optax.Workers.mean(shared)
-  else:
-    shared = jax.tree.map(lambda x: x[0], shared)
-  return shared, extrap_optax.Workers.mean(model_state)
+  return (workers.evaluation_params(params, opt_state),
+          extrap_optax.Workers.mean(model_state))
 
 
 @dataclasses.dataclass
@@ -198,7 +193,7 @@ def programs(setup: Setup) -> Programs:
       mean_gradient=workers.map(functools.partial(mean_gradient, **static),
                                 in_axes=(0, 0, 0, None)),
       eval_point=jax.jit(lambda s: evaluation_point(
-          setup.method, s["params"], s["opt_state"], s["model_state"]),
+          workers, s["params"], s["opt_state"], s["model_state"]),
           out_shardings=replicated),
       all_finite=jax.jit(lambda t: jnp.all(jnp.stack(
           [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(t)])),

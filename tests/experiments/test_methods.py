@@ -218,14 +218,33 @@ def test_tuning_grids_are_app_c1():
 
 
 def test_evaluation_point_averages_workers_of_local_methods_only():
-  params = {"w": jnp.arange(4.0).reshape(2, 2)}
+  # Two workers one step into a local round: their y^k differ; the trainer
+  # evaluates their average for post-local SGD and the shared point (the
+  # same on both) for mini-batch SGD, as the library's state says.
+  workers = extrap_optax.Workers(2, backend="vmap")
   model_state = {"mean": jnp.array([1.0, 3.0])}
-  opt_state = optax.EmptyState()
-  for method, expected in ((methods.POST_LOCAL_SGD, [1.0, 2.0]),
-                           (methods.MINIBATCH_SGD, [0.0, 1.0])):
-    y, state = train.evaluation_point(method, params, opt_state, model_state)
-    np.testing.assert_array_equal(y["w"], expected)
+  grads = workers.put({"w": jnp.array([[1.0, 2.0], [3.0, 6.0]])})
+  for method, expected in ((methods.POST_LOCAL_SGD, [-1.0, -2.0]),
+                           (methods.MINIBATCH_SGD, [-1.0, -2.0])):
+    tx = (extrap_optax.post_local_sgd(0.5, start_step=0, sync_period=4,
+                                      momentum=0.0, axis_name=workers.axis_name)
+          if method is methods.POST_LOCAL_SGD else
+          extrap_optax.minibatch_sgd(0.5, momentum=0.0,
+                                     axis_name=workers.axis_name))
+    params = workers.replicate({"w": jnp.zeros(2)})
+    opt_state = workers.map(tx.init)(params)
+    params, opt_state = workers.map(
+        lambda p, s, g: _apply(tx, p, s, g))(params, opt_state, grads)
+    y, state = train.evaluation_point(workers, params, opt_state, model_state)
+    np.testing.assert_allclose(y["w"], expected)
     np.testing.assert_array_equal(state["mean"], 2.0)
+    if method is methods.POST_LOCAL_SGD:   # the workers really differ
+      assert not np.allclose(params["w"][0], params["w"][1])
+
+
+def _apply(tx, params, state, grads):
+  updates, state = tx.update(grads, state, params)
+  return optax.apply_updates(params, updates), state
 
 
 def _modules():

@@ -21,9 +21,13 @@ import numpy as np
 
 from experiments import report
 from experiments import run_info
+from experiments import statistics
 from experiments.study import final_score
 from experiments.study import Study
 from experiments.study import StudyRunner
+
+# How steps to a target are counted (`statistics.CROSSING_DEFINITIONS`).
+CROSSING = "trailing_mean_interpolated"
 
 
 def _runs_under(directory: pathlib.Path) -> list[dict[str, Any]]:
@@ -80,8 +84,9 @@ class _Reporter:
     finals = " | ".join(f"final {k}" for k in self.criteria)
     test = self.study.test_metric
     lines = [f"| {leaf} | status | steps | {finals} | {_test_header(test)} | "
-             "extrapolation ratio ‖z−y‖/‖Δy‖: median over steps of the "
-             "per-step median over tensors [10%, 90%]; max |",
+             "extrapolation ratio ‖z−y‖/‖Δy‖ over steps ≥ 2 (step 1 has no "
+             "offset yet): median over steps of the per-step median over "
+             "tensors [10%, 90%]; max over steps of the per-step max |",
              "| --- | --- | --- |" + " --- |" * len(self.criteria)
              + " --- | --- |"]
     runs = _runs_under(self.root / "tune" / method)
@@ -114,37 +119,105 @@ class _Reporter:
       groups[method] = runs
     return groups
 
+  def _curves(self, runs: Sequence[dict[str, Any]], criterion: str
+              ) -> dict[int, statistics.Curve]:
+    """seed -> (steps, values) of `criterion`, completed runs only."""
+    curves = {}
+    for run in runs:
+      if run["summary"]["status"] != "completed":
+        continue
+      records = [r for r in run["metrics"] if criterion in r]
+      curves[run["summary"]["seed"]] = ([r["step"] for r in records],
+                                        [r[criterion] for r in records])
+    return curves
+
+  def _finals(self, runs, criterion: str) -> dict[int, float]:
+    return {r["summary"]["seed"]: self.final(r, criterion) for r in runs}
+
   def results_table(self, groups: dict[str, list], criterion: str) -> list[str]:
-    """Final `criterion`, steps to the baseline's final one, speed-ups."""
-    by_seed = {r["summary"]["seed"]: r for r in groups.get(self.baseline, [])
-               if r["summary"]["status"] == "completed"}
-    test = self.study.test_metric
-    lines = [f"| method | seeds | final {criterion} | {_test_header(test)} | "
-             f"steps to the baseline's final {criterion} | speed-up "
-             "(baseline steps / method steps), per seed | mean ± std |",
+    """Final `criterion`, speed-ups with their interval, paired differences."""
+    study = self.study
+    baseline = self._curves(groups.get(self.baseline, []), criterion)
+    baseline_finals = self._finals(groups.get(self.baseline, []), criterion)
+    test = study.test_metric
+    lines = [f"| method | seeds | final {criterion}, mean ± sample SD | "
+             f"{_test_header(test)}, mean ± sample SD | speed-up (baseline "
+             f"steps / method steps to the baseline's final {criterion}), "
+             "per seed | speed-up, mean [95% t-interval] | final "
+             f"{criterion} − baseline's, paired by seed, mean [95% "
+             "t-interval] |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
+    claims = []
     for method, runs in groups.items():
-      steps, speedups = [], []
-      for run in runs:
-        reference = by_seed.get(run["summary"]["seed"])
-        if reference is None:
-          continue
-        target = self.final(reference, criterion)
-        base_steps, method_steps = (
-            report.first_crossing(r["metrics"], criterion, target,
-                                  self.study.final_points)
-            for r in (reference, run))
-        steps.append(method_steps)
-        speedups.append(base_steps / method_steps
-                        if math.isfinite(method_steps) else math.nan)
-      per_seed = ", ".join("not reached" if math.isnan(s) else f"{s:.2f}x"
-                           for s in speedups) or "n/a"
-      lines.append(
-          f"| {self.labels.get(method, method)} | {len(runs)} | "
-          f"{report.format_mean_sd([self.final(r, criterion) for r in runs], 4)} | "
-          f"{report.format_mean_sd([_test_value(r['summary'], test) for r in runs], 2)} | "
-          f"{report.format_mean_sd(steps, 0)} | {per_seed} | {report.format_mean_sd(speedups, 2)} |")
+      label = self.labels.get(method, method)
+      finals = self._finals(runs, criterion)
+      row = [label, str(len(runs)),
+             report.format_mean_sd(list(finals.values()), 4),
+             report.format_mean_sd(
+                 [_test_value(r["summary"], test) for r in runs], 2)]
+      if method == self.baseline:
+        lines.append("| " + " | ".join(row + ["(baseline)"] * 3) + " |")
+        continue
+      ups = statistics.speedups(baseline, self._curves(runs, criterion),
+                                study.final_points, CROSSING)
+      per_seed = ", ".join(
+          "not reached" if math.isnan(v) else f"{v:.2f}x"
+          for v in ups.by_seed.values()) or "n/a"
+      reached = list(ups.reached.values())
+      speedup = _interval_text(reached, "x")
+      paired = statistics.paired_differences(finals, baseline_finals)
+      difference = _interval_text(list(paired.values()), "", digits=4)
+      lines.append("| " + " | ".join(row + [per_seed, speedup, difference])
+                   + " |")
+      if len(reached) >= 2:
+        claims.append(statistics.claim_sentence(
+            f"{label}, speed-up", statistics.t_interval(reached)))
+      if ups.not_reached:
+        claims.append(f"{label}: seeds {list(ups.not_reached)} never reached "
+                      "the baseline's final value (not in the mean).")
+      if len(paired) >= 2:
+        claims.append(statistics.claim_sentence(
+            f"{label}, final {criterion} − baseline's",
+            statistics.paired_interval(finals, baseline_finals), null=0.0,
+            unit="", above="higher final loss than the baseline",
+            below="lower final loss than the baseline", digits=4))
+    lines += [""] + [f"- {claim}" for claim in claims]
     return lines
+
+  def noise_floor_table(self, groups: dict[str, list],
+                        criterion: str) -> list[str]:
+    """Each method against itself over pairs of seeds (the A/A floor)."""
+    lines = ["| method | seed pairs reaching the target | A/A \"speed-up\" "
+             "median | [min, max] | [2.5%, 97.5%] |",
+             "| --- | --- | --- | --- | --- |"]
+    for method, runs in groups.items():
+      curves = self._curves(runs, criterion)
+      if len(curves) < 2:
+        continue
+      floor = statistics.aa_noise_floor(curves, self.study.final_points,
+                                        CROSSING)
+      pairs = len(floor.by_pair)
+      reached = pairs - len(floor.not_reached)
+      if reached == 0:
+        lines.append(f"| {self.labels.get(method, method)} | 0 / {pairs} | "
+                     "n/a | n/a | n/a |")
+        continue
+      lines.append(
+          f"| {self.labels.get(method, method)} | {reached} / {pairs} | "
+          f"{floor.median:.2f}x | [{floor.minimum:.2f}, {floor.maximum:.2f}] "
+          f"| [{floor.low:.2f}, {floor.high:.2f}] |")
+    return lines
+
+
+def _interval_text(values: Sequence[float], unit: str, digits: int = 2) -> str:
+  """"mean [low, high]" (95% t-interval); the value alone for one seed."""
+  if not values:
+    return "n/a"
+  if len(values) == 1:
+    return f"{values[0]:.{digits}f}{unit} (1 seed)"
+  interval = statistics.t_interval(values)
+  return (f"{interval.mean:.{digits}f}{unit} [{interval.low:.{digits}f}, "
+          f"{interval.high:.{digits}f}]")
 
 
 def _machines(runs: Sequence[dict[str, Any]]) -> str:
@@ -208,8 +281,21 @@ def write_report(study: Study, root: pathlib.Path,
   groups = reporter.seed_groups(choices)
   lines += ["## Stage 3: the best settings over seeds", ""]
   if groups:
+    lines += [
+        f"Comparison seeds {list(study.seeds)} (the tuning seed "
+        f"{study.tuning_seed} excluded: its runs won a selection). Spreads "
+        "are sample SDs (n − 1); intervals are 95% Student-t intervals over "
+        "seeds (df = n − 1); differences are paired by seed. Steps to a "
+        "target: " + statistics.CROSSING_DEFINITIONS[CROSSING].format(
+            window=study.final_points) + ".", ""]
     for criterion in reporter.criteria:
+      lines += [f"### {criterion}", ""]
       lines += reporter.results_table(groups, criterion) + [""]
+      lines += ["The seed-to-seed noise floor: each method's \"speed-up\" "
+                "against itself, seed j against seed i for every ordered pair "
+                "of its comparison seeds, by the same rule. A speed-up inside "
+                "this range is what another seed alone gives.", ""]
+      lines += reporter.noise_floor_table(groups, criterion) + [""]
     figure = out / f"{study.name}.png"
     report.plot_comparison(
         {reporter.labels.get(m, m): runs for m, runs in groups.items()},

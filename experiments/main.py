@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from typing import Any
 
 COMMANDS = ("run", "sweep", "study", "rerun", "report", "list")
+# The checkout: presets name committed results relative to it.
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:
@@ -228,6 +230,7 @@ def run_command(args) -> int:
   _check_configs(configs, args.num_processes)
   _check_data(configs)
   _initialize_distributed(args)
+  from experiments import noise_reference
   from experiments import report
   from experiments import runs as runs_lib
 
@@ -262,6 +265,11 @@ def run_command(args) -> int:
         (report.SHARED_LOSS, report.SHARED_LOSS_BATCH_STATS))
     text += (f"\nFigure: {figure} (both methods on the same axes); each "
              "run's own curves are in its curves.png.\n")
+  if preset.noise_reference and preset.baseline:
+    others = [name for name in preset.runs if name != preset.baseline]
+    for name in others:
+      text += "\n" + noise_reference.compare_with_study(
+          root, REPOSITORY / preset.noise_reference, preset.baseline, name)
   if preset.see_also:
     text += f"\nOne seed per method at this size; {preset.see_also}.\n"
   print(text)

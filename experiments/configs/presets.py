@@ -68,6 +68,10 @@ class Preset:
       reports the extrapolated method needs to reach mini-batch SGD's loss
       ("at least 2x" for Figure 1, §5); the comparison says whether the runs
       show it. None: the paper makes no such claim there.
+    noise_reference: a study's runs directory (relative to the repository)
+      whose comparison seeds ran this preset's setting: the comparison says
+      whether the one-seed difference lies within their seed-to-seed spread
+      (`experiments.noise_reference`). "": none.
   """
   name: str
   scale: str
@@ -77,6 +81,7 @@ class Preset:
   see_also: str = ""
   baseline: str = ""
   claimed_speedup: float | None = None
+  noise_reference: str = ""
 
   @property
   def reference(self) -> tuple[str, str] | None:
@@ -324,7 +329,9 @@ def fig1(scale: str) -> Preset:
                 see_also=("for the tuned, 3-seed study of this setting see "
                           "results/reproduction/README.md"
                           if scale == "small" else ""),
-                baseline=MINIBATCH[0], claimed_speedup=2.0)
+                baseline=MINIBATCH[0], claimed_speedup=2.0,
+                noise_reference=("results/reproduction/fig1_cpu/runs"
+                                 if scale == "small" else ""))
 
 
 def table1(scale: str) -> Preset:

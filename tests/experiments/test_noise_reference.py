@@ -1,0 +1,63 @@
+"""The main job's one-seed verdict against a study's seed-to-seed spread."""
+
+import json
+import math
+
+import scipy.stats
+
+from experiments import noise_reference
+
+KEY = "shared_point_train_loss"
+
+
+def _run(directory, name, seed, finals_at_60, lr=0.05):
+  """A run whose loss is `finals_at_60` at steps 40-60 (then 9 after)."""
+  directory.mkdir(parents=True)
+  records = [{"step": s, KEY: (finals_at_60 if 40 <= s <= 60 else 9.0)}
+             for s in range(10, 101, 10)]
+  (directory / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in records))
+  (directory / "summary.json").write_text(json.dumps(
+      {"name": name, "seed": seed, "status": "completed", "steps": 100}))
+  config = {"optimizer": {"base_learning_rate": lr}, "workers": {},
+            "schedule": {}, "model": {}, "task": "classification"}
+  (directory / "config.json").write_text(json.dumps(config))
+
+
+def _main_job(root, difference, lr=0.05):
+  for name, final in (("sgd", 1.0), ("extrap", 1.0 + difference)):
+    _run(root / name / "seed0", name, 0, final, lr)
+    # The main job stops at step 60.
+    path = root / name / "seed0" / "metrics.jsonl"
+    lines = path.read_text().splitlines()[:6]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _study(root, differences):
+  for seed, d in enumerate(differences, 1):
+    _run(root / "seeds" / "sgd" / f"seed{seed}", "sgd", seed, 2.0)
+    _run(root / "seeds" / "extrap" / f"seed{seed}", "extrap", seed, 2.0 + d)
+
+
+def test_within_and_beyond_the_prediction_interval(tmp_path):
+  differences = [-0.1, 0.0, 0.1]   # sample SD 0.1, n = 3
+  _study(tmp_path / "study", differences)
+  bound = scipy.stats.t.ppf(0.975, 2) * math.sqrt(1 + 1 / 3) * 0.1   # 0.4969
+  _main_job(tmp_path / "inside", 0.45)
+  text = noise_reference.compare_with_study(
+      tmp_path / "inside", tmp_path / "study", "sgd", "extrap", KEY)
+  assert "+0.4500" in text and "sample SD 0.1000" in text
+  assert f"= {bound:.4f}" in text and "within the noise" in text
+  _main_job(tmp_path / "outside", -0.55)
+  text = noise_reference.compare_with_study(
+      tmp_path / "outside", tmp_path / "study", "sgd", "extrap", KEY)
+  assert "beyond the noise" in text
+
+
+def test_a_study_at_another_setting_is_no_reference(tmp_path):
+  _study(tmp_path / "study", [-0.1, 0.0, 0.1])
+  _main_job(tmp_path / "job", 0.2, lr=0.1)
+  text = noise_reference.compare_with_study(
+      tmp_path / "job", tmp_path / "study", "sgd", "extrap", KEY)
+  assert "another setting" in text and "no noise reference" in text
+  assert "within the noise" not in text and "beyond the noise" not in text

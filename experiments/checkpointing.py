@@ -22,12 +22,17 @@ import os
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
 DIGEST_FILE = "sha256sums.json"
+
+
+class WorkerCountError(ValueError):
+  """A checkpoint of another number of workers, with no way to resize it."""
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -80,7 +85,9 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             create=True))
+                                             create=True),
+        # Named, so that a new manager can read a checkpoint's metadata.
+        item_handlers=ocp.StandardCheckpointHandler())
     self._undigested: list[int] = []
 
   def latest_step(self) -> int | None:
@@ -138,25 +145,61 @@ class Checkpointer:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
-  def restore_latest(self, like: Any) -> tuple[int, Any, list[str]]:
+  def saved_num_workers(self, step: int) -> int | None:
+    """K of the checkpoint of `step`: the leading axis of its stacked leaves."""
+    metadata = self._manager.item_metadata(step)
+    shapes = [leaf.shape for leaf in jax.tree.leaves(
+        metadata, is_leaf=lambda x: hasattr(x, "shape")) if getattr(leaf, "shape", ())]
+    return shapes[0][0] if shapes else None
+
+  def _restore_resized(self, step: int, like: Any, saved: int,
+                       resize: Callable[[Any], Any]) -> Any:
+    """The checkpoint of `saved` workers, read as saved, then `resize`d."""
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((saved,) + tuple(x.shape[1:]), x.dtype,
+                                       sharding=jax.sharding.SingleDeviceSharding(
+                                           jax.devices()[0])), like)
+    return resize(self._manager.restore(
+        step, args=ocp.args.StandardRestore(abstract)))
+
+  def restore_latest(self, like: Any,
+                     resize: Callable[[Any], Any] | None = None
+                     ) -> tuple[int, Any, list[str]]:
     """Restores the newest intact checkpoint.
 
     Each damaged checkpoint met on the way (digest mismatch, or orbax cannot
     read it) is reported on stderr and moved to `<checkpoints>.corrupt/`.
 
     Args:
-      like: a state with the structure and shardings to restore into.
+      like: a state with the structure and shardings to restore into; its
+        leaves are stacked per worker (leading axis K).
+      resize: for a checkpoint of another number of workers K: the saved
+        state (stacked over K) -> a state like `like` (elastic restore,
+        `extrap_optax.resize_workers`). None: such a checkpoint is an error.
 
     Returns:
       `(step, state, problems)`: the step restored (0 and `like` when there is
       no intact checkpoint) and one message per damaged checkpoint.
+
+    Raises:
+      WorkerCountError: the checkpoint has another K and `resize` is None.
     """
     problems = []
+    wanted = next((x.shape[0] for x in jax.tree.leaves(like)
+                   if getattr(x, "shape", ())), None)
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         self.verify(step)
+        saved = self.saved_num_workers(step)
+        if saved != wanted and resize is None:
+          raise WorkerCountError(
+              f"Checkpoint {self.directory / str(step)} holds {saved} "
+              f"workers, this run has workers.num_workers={wanted}. Run with "
+              f"workers.num_workers={saved} to resume it as it was, or let "
+              "the trainer resize it (it does: `train_and_evaluate`).")
         try:
-          state = self.restore(step, like)
+          state = (self.restore(step, like) if saved == wanted else
+                   self._restore_resized(step, like, saved, resize))
         except Exception as error:  # orbax/tensorstore raise many types.
           raise CorruptCheckpointError(
               f"Checkpoint {self.directory / str(step)} cannot be read: "

@@ -269,7 +269,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         config.to_json_best_effort(indent=2, sort_keys=True))
   checkpointer = checkpointing.Checkpointer(
       workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
-  step, state, problems = checkpointer.restore_latest(init_state(setup))
+  resized = []
+  step, state, problems = checkpointer.restore_latest(
+      init_state(setup), resize=lambda saved: worker_arrays.resize(
+          setup.workers, saved, resized))
+  problems += resized
   log = metrics_log.MetricsLog(workdir, last_step=step, enabled=main_process)
   test_steps, train_eval_steps = schedules.evaluation_steps(config, num_steps)
   last_step = min(num_steps, stop_at_step or num_steps)

@@ -3,11 +3,13 @@
 A stacked tree has one row per worker (`extrap_optax.Workers`). On several
 hosts (jax.distributed) each process holds the rows of its own workers:
 `place` puts a host batch there, and `host`/`worker0` read replicated or
-worker-0 values back on every process.
+worker-0 values back on every process. `resize` continues a training state
+saved by another number of workers.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import jax
@@ -58,3 +60,23 @@ def first_row(mesh: jax.sharding.Mesh | None) -> Any:
         lambda t: jax.tree.map(lambda x: x[0], t),
         out_shardings=None if mesh is None else NamedSharding(mesh, P()))
   return _FIRST_ROW_FNS[mesh]
+
+
+def resize(workers: extrap_optax.Workers, saved: dict[str, Any],
+           notes: list[str]) -> dict[str, Any]:
+  """A training state saved by K workers, continued on `workers`' K' (elastic).
+
+  The rule of `extrap_optax.resize_workers`: synchronous state carried over,
+  per-worker state (local models, BatchNorm statistics) averaged, every
+  worker restarting at the shared point as on step 0. A note saying so is
+  appended to `notes` (and printed).
+  """
+  old = jax.tree.leaves(saved)[0].shape[0]
+  params, (opt_state, model_state) = extrap_optax.resize_workers(
+      saved["params"], (saved["opt_state"], saved["model_state"]),
+      workers.num_workers)
+  notes.append(f"resumed from a checkpoint of {old} workers on "
+               f"{workers.num_workers} (extrap_optax.resize_workers)")
+  print(f"note: {notes[-1]}", file=sys.stderr)
+  return {"params": workers.put(params), "opt_state": workers.put(opt_state),
+          "model_state": workers.put(model_state)}

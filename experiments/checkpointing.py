@@ -190,7 +190,12 @@ class Checkpointer:
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         self.verify(step)
-        saved = self.saved_num_workers(step)
+        try:
+          saved = self.saved_num_workers(step)
+        except Exception as error:  # orbax/tensorstore raise many types.
+          raise CorruptCheckpointError(
+              f"Checkpoint {self.directory / str(step)} cannot be read: "
+              f"{type(error).__name__}: {error}") from error
         if saved != wanted and resize is None:
           raise WorkerCountError(
               f"Checkpoint {self.directory / str(step)} holds {saved} "

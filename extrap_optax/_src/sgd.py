@@ -138,11 +138,11 @@ def nesterov_sgd(
 
 
 def _preprocessed_gradient_recomputed(
-    chained: optax.GradientTransformation,
+    chained: optax.GradientTransformationExtraArgs,
     preprocess: optax.GradientTransformation,
     learning_rate: ScalarOrSchedule,
     momentum: Any,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""`chained` (decay or LARC, then Nesterov SGD), bit for bit, without a temporary.
 
   Nesterov momentum reads the preprocessed gradient :math:`d` (:math:`g +
@@ -157,8 +157,8 @@ def _preprocessed_gradient_recomputed(
   """
   scale = optax.scale_by_learning_rate(learning_rate)
 
-  def update_fn(updates, state, params=None):
-    _, next_state = chained.update(updates, state, params)
+  def update_fn(updates, state, params=None, **extra_args):
+    _, next_state = chained.update(updates, state, params, **extra_args)
     preprocess_state, (_, scale_state) = state
     grads, params_again = jax.lax.optimization_barrier((updates, params))
     preprocessed, _ = preprocess.update(grads, preprocess_state, params_again)
@@ -169,7 +169,7 @@ def _preprocessed_gradient_recomputed(
     steps, _ = scale.update(direction, scale_state)
     return steps, next_state
 
-  return optax.GradientTransformation(chained.init, update_fn)
+  return optax.GradientTransformationExtraArgs(chained.init, update_fn)
 
 
 def minibatch_sgd(

@@ -201,8 +201,11 @@ class StudyRunner:
   # Stages.
 
   def _tune(self, name: str, overrides: dict[str, Any], key: str,
-            grid: Sequence[float], max_extensions: int) -> float | None:
-    """`key` over `grid` at the first seed, extended until its best is inside.
+            grid: Sequence[float], max_extensions: int,
+            under: pathlib.Path) -> float | None:
+    """`key` over `grid` at the tuning seed, extended until its best is inside.
+
+    Each run is `under/<key>=<value>/seed<k>`.
 
     The grid grows by halving its lowest value or doubling its highest while
     the best value is at that end, at most `max_extensions` times on each
@@ -220,7 +223,7 @@ class StudyRunner:
       for value in grid:
         if value in scores:
           continue
-        directory = self.root / "tune" / name / _tag(key, value) / f"seed{seed}"
+        directory = under / _tag(key, value) / f"seed{seed}"
         config = self._config(name, name, {**overrides, key: value}, seed)
         scores[value] = self._score(
             self.run(f"{name} {_tag(key, value)}", config, directory),
@@ -244,7 +247,7 @@ class StudyRunner:
     study = self.study
     name, _, overrides = study.baseline
     return self._tune(name, overrides, study.baseline_key, study.baseline_grid,
-                      study.max_extensions)
+                      study.max_extensions, self.root / "tune" / name)
 
   def tune_variant(self, variant: Variant,
                    baseline_value: float) -> float | None:
@@ -253,7 +256,17 @@ class StudyRunner:
     study = self.study
     return self._tune(
         variant.name, {**variant.overrides, study.baseline_key: baseline_value},
-        variant.tuned_key, variant.grid, study.max_extensions)
+        variant.tuned_key, variant.grid, study.max_extensions,
+        self.variant_root(variant, baseline_value))
+
+  def variant_root(self, variant: Variant, baseline_value: float) -> pathlib.Path:
+    """Where a variant's tuning runs at the baseline's `baseline_value` live.
+
+    The baseline's value is part of the path: when a grid extension changes
+    the baseline's best, the variant is tuned again beside its old runs.
+    """
+    return (self.root / "tune" / variant.name
+            / _tag(self.study.baseline_key, baseline_value))
 
   def seed_run(self, name: str, overrides: dict[str, Any],
                seed: int) -> pathlib.Path:

@@ -79,7 +79,8 @@ class _Reporter:
   def criteria(self) -> tuple[str, ...]:
     return (self.study.criterion,) + self.study.secondary_criteria
 
-  def tuning_table(self, method: str, key: str) -> list[str]:
+  def tuning_table(self, method: str, key: str,
+                   runs_dir: pathlib.Path | None = None) -> list[str]:
     leaf = key.split(".")[-1]
     finals = " | ".join(f"final {k}" for k in self.criteria)
     test = self.study.test_metric
@@ -89,7 +90,7 @@ class _Reporter:
              "tensors [10%, 90%]; max over steps of the per-step max |",
              "| --- | --- | --- |" + " --- |" * len(self.criteria)
              + " --- | --- |"]
-    runs = _runs_under(self.root / "tune" / method)
+    runs = _runs_under(runs_dir or self.root / "tune" / method)
     rows = []
     for run in runs:
       config = json.loads((run["dir"] / "config.json").read_text())
@@ -273,9 +274,14 @@ def write_report(study: Study, root: pathlib.Path,
   lines += reporter.tuning_table(name, study.baseline_key)
   best = choices["baseline"]
   lines += ["", f"Best: {best if best is not None else 'pending'}.", ""]
+  runner = StudyRunner(study, root, dry_run=True, log=lambda _: None)
   for variant in study.variants:
-    lines += [f"## Stage 2: {variant.label}, {variant.tuned_key}", ""]
-    lines += reporter.tuning_table(variant.name, variant.tuned_key)
+    lines += [f"## Stage 2: {variant.label}, {variant.tuned_key}"
+              + (f" at {study.baseline_key} = {best:g}" if best is not None
+                 else ""), ""]
+    if best is not None:
+      lines += reporter.tuning_table(variant.name, variant.tuned_key,
+                                     runner.variant_root(variant, best))
     value = choices["variants"].get(variant.name)
     lines += ["", f"Best: {value if value is not None else 'pending'}.", ""]
   groups = reporter.seed_groups(choices)

@@ -307,3 +307,43 @@ def test_fig3_study_is_the_documented_proxy_tuned_by_validation_loss(
   assert "| Adam | 4 | 0.3611 ± 0.0000 | 12.50 ± 1.29 |" in text
   # Validation loss only: no empty smoothness panel (5.5 inches at 110 dpi).
   assert PIL.Image.open(tmp_path / "report" / "fig3_cpu.png").size[0] == 605
+
+
+def test_a_new_baseline_value_tunes_the_variant_again_beside_the_old_runs(
+    tmp_path):
+  # A first study chose γ0 = 0.1 and tuned c there; a later extension of the
+  # baseline's grid makes 0.05 the best: c is tuned again, at 0.05, and the
+  # runs at 0.1 stay where they are.
+  study = studies.toy()
+  first, _ = _fake_trainer(lambda c: abs(c.optimizer.base_learning_rate - 0.1))
+  study_lib.StudyRunner(study, tmp_path, train_fn=first,
+                        log=lambda _: None).execute()
+  old = tmp_path / "tune" / "extrap_sgd" / "base_learning_rate=0.1"
+  old_runs = sorted(p.name for p in old.iterdir())
+  assert "extrapolation_scale=1" in old_runs and len(old_runs) >= 2
+  second, calls = _fake_trainer(
+      lambda c: abs(c.optimizer.base_learning_rate - 0.05))
+  # The baseline's tuning and the seeds of the old setting set aside (a seed
+  # run of another setting is refused, naming the field).
+  (tmp_path / "tune" / "minibatch_sgd").rename(tmp_path / "old_baseline")
+  (tmp_path / "seeds").rename(tmp_path / "old_seeds")
+  choices = study_lib.StudyRunner(study, tmp_path, train_fn=second,
+                                  log=lambda _: None).execute()
+  assert choices["baseline"] == 0.05
+  assert {c[1] for c in calls if c[0] == "extrap_sgd" and c[3] == 0} == {0.05}
+  assert (tmp_path / "tune" / "extrap_sgd" / "base_learning_rate=0.05").is_dir()
+  assert sorted(p.name for p in old.iterdir()) == old_runs
+
+
+def test_fig1_k32_study_is_fig1_at_the_papers_number_of_workers():
+  k8, k32 = studies.get_study("fig1_cpu"), studies.get_study("fig1_cpu_k32")
+  assert (k32.base.workers.num_workers, k32.base.workers.local_batch_size) == (
+      32, 31)
+  # The same global batch, within one image per worker: 992 against 1000.
+  assert abs(32 * 31 - 8 * k8.base.workers.local_batch_size) <= 32
+  # γ0 fixed at fig1_cpu's tuned value; c re-checked over {1, 2, 4}.
+  assert k32.baseline_grid == (studies.FIG1_CPU_LEARNING_RATE,)
+  assert [v.grid for v in k32.variants] == [(1.0, 2.0, 4.0)]
+  assert k32.criterion == k8.criterion and k32.final_points == k8.final_points
+  for key in ("optimizer", "schedule", "model", "data"):
+    assert k32.base[key].to_dict() == k8.base[key].to_dict(), key

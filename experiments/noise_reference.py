@@ -11,7 +11,6 @@ prediction interval of one more seed's difference under no effect,
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 from typing import Any
@@ -20,6 +19,7 @@ import scipy.stats
 
 from experiments import report
 from experiments import statistics
+from experiments.configs import overrides
 
 # The parts of a run's configuration that must agree for the study's spread
 # to be the spread of this setting.
@@ -27,7 +27,9 @@ SETTING_KEYS = ("optimizer", "workers", "schedule", "model", "task")
 
 
 def _setting(run: dict[str, Any]) -> dict[str, Any]:
-  config = json.loads((run["dir"] / "config.json").read_text())
+  # As a rerun reads it: configurations saved before each method had its
+  # own fields carry every method's, which the method never read.
+  config = overrides.load(run["dir"] / "config.json").to_dict()
   return {key: config.get(key) for key in SETTING_KEYS}
 
 

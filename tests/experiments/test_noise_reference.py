@@ -19,8 +19,12 @@ def _run(directory, name, seed, finals_at_60, lr=0.05):
       "".join(json.dumps(r) + "\n" for r in records))
   (directory / "summary.json").write_text(json.dumps(
       {"name": name, "seed": seed, "status": "completed", "steps": 100}))
-  config = {"optimizer": {"base_learning_rate": lr}, "workers": {},
-            "schedule": {}, "model": {}, "task": "classification"}
+  # Saved with another method's field too (momentum for the baseline and
+  # a field of Adam's), as configurations before per-method fields were.
+  config = {"optimizer": {"method": "minibatch_sgd", "base_learning_rate": lr,
+                          "momentum": 0.9, "b2": 0.98 if seed else 0.999},
+            "workers": {}, "schedule": {}, "model": {},
+            "task": "classification"}
   (directory / "config.json").write_text(json.dumps(config))
 
 

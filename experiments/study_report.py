@@ -253,7 +253,8 @@ def write_report(study: Study, root: pathlib.Path,
   """
   root, out = pathlib.Path(root), pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  choices = StudyRunner(study, root, dry_run=True, log=lambda _: None).execute()
+  runner = StudyRunner(study, root, dry_run=True, log=lambda _: None)
+  choices = runner.execute()
   reporter = _Reporter(study, root)
   name, label, _ = study.baseline
   runs = [r for r in report.load_runs(root)
@@ -274,7 +275,6 @@ def write_report(study: Study, root: pathlib.Path,
   lines += reporter.tuning_table(name, study.baseline_key)
   best = choices["baseline"]
   lines += ["", f"Best: {best if best is not None else 'pending'}.", ""]
-  runner = StudyRunner(study, root, dry_run=True, log=lambda _: None)
   for variant in study.variants:
     lines += [f"## Stage 2: {variant.label}, {variant.tuned_key}"
               + (f" at {study.baseline_key} = {best:g}" if best is not None

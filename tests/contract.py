@@ -309,16 +309,20 @@ def check_extra_args(factory, hp, workers=None):
   assert compilations == [], "update compiled again on a later call"
 
 
-def check_preserve_dtype(factory, hp, dtype, workers=None):
-  """Updates have the dtype of the parameters (optax's `test_preserve_dtype`)."""
-  tx = build(factory, hp, workers)
+def _first_updates(tx, dtype, workers):
+  """(params, the updates of `tx`'s first step from them), per worker if K."""
   params, batch = _start(workers, dtype)
   state = _per_worker(tx.init, workers)(params)
 
   def update(params, state, t):
     return tx.update(grad_fn(params, t), state, params)[0]
 
-  updates = _per_worker(update, workers)(params, state, batch(0))
+  return params, _per_worker(update, workers)(params, state, batch(0))
+
+
+def check_preserve_dtype(factory, hp, dtype, workers=None):
+  """Updates have the dtype of the parameters (optax's `test_preserve_dtype`)."""
+  params, updates = _first_updates(build(factory, hp, workers), dtype, workers)
   for leaf, param in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
     assert leaf.dtype == param.dtype, f"{dtype} params got {leaf.dtype} updates"
 
@@ -330,13 +334,7 @@ def check_gradient_accumulation(factory, hp, dtype, workers=None):
   changes between the mini-steps, which `MultiSteps`' `lax.cond` rejects).
   """
   tx = optax.MultiSteps(build(factory, hp, workers), every_k_schedule=4)
-  params, batch = _start(workers, dtype)
-  state = _per_worker(tx.init, workers)(params)
-
-  def update(params, state, t):
-    return tx.update(grad_fn(params, t), state, params)[0]
-
-  updates = _per_worker(update, workers)(params, state, batch(0))
+  params, updates = _first_updates(tx, dtype, workers)
   for leaf, param in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
     assert leaf.dtype == param.dtype
     np.testing.assert_array_equal(np.asarray(leaf, np.float32), 0.0)

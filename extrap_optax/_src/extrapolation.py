@@ -311,16 +311,6 @@ def extrapolate(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _is_bound(axis_name: validation.AxisName) -> bool:
-  """Whether every worker axis is bound here (inside the mapped step)."""
-  try:
-    for name in (axis_name,) if isinstance(axis_name, str) else axis_name:
-      jax.lax.axis_index(name)
-  except NameError:
-    return False
-  return True
-
-
 def evaluation_params(params: optax.Params, state: optax.OptState) -> optax.Params:
   r"""The model to evaluate and ship, for every optimizer of this package.
 
@@ -389,7 +379,7 @@ def evaluation_params(params: optax.Params, state: optax.OptState) -> optax.Para
     return params
   axis_name = found.communication_state.axis_name
   if (communication_lib.averages_models(found.communication_state)
-      and axis_name is not None and _is_bound(axis_name)):
+      and axis_name is not None and validation.is_axis_bound(axis_name)):
     return collectives.mean_over_workers(found.shared_params, axis_name,
                                          "`evaluation_params`")
   return found.shared_params

@@ -60,21 +60,34 @@ def normalize_axis_name(axis_name: AxisName | Sequence[str] | None) -> AxisName 
   return names
 
 
-def check_axis_bound(axis_name: AxisName, where: str) -> None:
-  """Raises a clear error if a worker axis is not bound in the current trace."""
+def _unbound_axis(axis_name: AxisName) -> str | None:
+  """The first of the worker axes not bound in the current trace, or None."""
   for name in (axis_name,) if isinstance(axis_name, str) else axis_name:
     try:
       jax.lax.axis_index(name)
     except NameError:
-      raise ValueError(
-          f"axis_name={axis_name!r}: the axis {name!r} is not bound where {where} "
-          f"is called. Call it inside `jax.vmap(..., axis_name={name!r})`, "
-          f"`jax.shard_map` over a mesh with an axis {name!r}, or "
-          f"`jax.pmap(..., axis_name={name!r})`; under plain `jax.jit` with "
-          f"sharded inputs, map the per-worker step with `jax.vmap(..., "
-          f"axis_name={name!r}, spmd_axis_name=<mesh axis>)` "
-          "(`extrap_optax.Workers(...).map` binds the worker axes for you). For "
-          "a single worker pass axis_name=None.") from None
+      return name
+  return None
+
+
+def is_axis_bound(axis_name: AxisName) -> bool:
+  """Whether every worker axis is bound here (inside the mapped step)."""
+  return _unbound_axis(axis_name) is None
+
+
+def check_axis_bound(axis_name: AxisName, where: str) -> None:
+  """Raises a clear error if a worker axis is not bound in the current trace."""
+  name = _unbound_axis(axis_name)
+  if name is not None:
+    raise ValueError(
+        f"axis_name={axis_name!r}: the axis {name!r} is not bound where {where} "
+        f"is called. Call it inside `jax.vmap(..., axis_name={name!r})`, "
+        f"`jax.shard_map` over a mesh with an axis {name!r}, or "
+        f"`jax.pmap(..., axis_name={name!r})`; under plain `jax.jit` with "
+        f"sharded inputs, map the per-worker step with `jax.vmap(..., "
+        f"axis_name={name!r}, spmd_axis_name=<mesh axis>)` "
+        "(`extrap_optax.Workers(...).map` binds the worker axes for you). For "
+        "a single worker pass axis_name=None.")
 
 
 def check_mask(name: str, mask: Any) -> None:

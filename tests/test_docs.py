@@ -18,6 +18,7 @@ import ast
 import doctest
 import importlib
 import inspect
+import os
 import pathlib
 import re
 import subprocess
@@ -133,16 +134,24 @@ def test_every_public_name_is_in_the_api_reference():
   assert documented == set(extrap_optax.__all__)
 
 
-def test_getting_started_code_runs(capsys):
+def test_getting_started_code_runs():
+  """The page's two blocks run as a newcomer runs them: one process, one CPU.
+
+  Not under the suite's 8 fake devices: with more fake devices than cores,
+  XLA:CPU's in-process all-reduce (jaxlib 0.10.2) can deadlock when Python
+  dispatches many steps ahead, as the page's loop does (docs/algorithms.md,
+  "To simulate K workers"). The multi-device paths are tested elsewhere, on
+  loops that read each step back.
+  """
   page = (DOCS / "getting_started.md").read_text()
   blocks = re.findall(r"^```python\n(.*?)^```$", page, re.M | re.S)
   assert len(blocks) == 2
-  namespace = {}
-  for block in blocks:
-    exec(compile(block, "getting_started.md", "exec"), namespace)  # pylint: disable=exec-used
-  losses = [float(line.rsplit(" ", 1)[1])
-            for line in capsys.readouterr().out.splitlines()]
-  assert len(losses) == 2 and max(losses) < 1e-3, losses  # both fit the data
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  result = subprocess.run([sys.executable, "-c", "\n".join(blocks)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr
+  losses = [float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines()]
+  assert len(losses) == 2 and max(losses) < 1e-3, result.stdout  # both fit
 
 
 @pytest.mark.slow

@@ -330,7 +330,7 @@ def fig1(scale: str) -> Preset:
                           "results/reproduction/README.md"
                           if scale == "small" else ""),
                 baseline=MINIBATCH[0], claimed_speedup=2.0,
-                noise_reference=("results/reproduction/fig1_cpu/runs"
+                noise_reference=("results/reproduction/fig1_cpu/first_study"
                                  if scale == "small" else ""))
 
 

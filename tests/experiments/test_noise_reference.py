@@ -2,10 +2,14 @@
 
 import json
 import math
+import pathlib
 
 import scipy.stats
 
 from experiments import noise_reference
+from experiments.configs import presets
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 KEY = "shared_point_train_loss"
 
@@ -65,3 +69,17 @@ def test_a_study_at_another_setting_is_no_reference(tmp_path):
       tmp_path / "job", tmp_path / "study", "sgd", "extrap", KEY)
   assert "another setting" in text and "no noise reference" in text
   assert "within the noise" not in text and "beyond the noise" not in text
+
+
+def test_the_main_jobs_committed_reference_is_at_its_own_setting(tmp_path):
+  """The committed seeds the main job compares with were trained as it trains."""
+  preset = presets.get_preset("fig1", "small")
+  seeds_dir = REPO / preset.noise_reference / "seeds"
+  for name, config in preset.runs.items():
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(config.to_json_best_effort())
+    seeds = sorted((seeds_dir / name).glob("seed*"))
+    assert len(seeds) >= 2, f"fewer than 2 committed seeds of {name}"
+    for seed in seeds:
+      assert (noise_reference._setting({"dir": seed})
+              == noise_reference._setting({"dir": tmp_path / name})), seed

@@ -288,8 +288,8 @@ def _seeds(scale: str) -> tuple[int, ...]:
 # (results/reproduction/: mini-batch SGD's best γ0 of App. C.1's grid, and
 # EXTRAP-SGD's best c of γ̂ = c·γ/K at that γ0).
 MAIN_JOB_EPOCHS = 6.0
-MAIN_JOB_LEARNING_RATE = 0.05
-MAIN_JOB_EXTRAPOLATION_SCALE = 2.0
+MAIN_JOB_LEARNING_RATE = 0.025
+MAIN_JOB_EXTRAPOLATION_SCALE = 4.0
 
 
 def fig1(scale: str) -> Preset:
@@ -330,7 +330,7 @@ def fig1(scale: str) -> Preset:
                           "results/reproduction/README.md"
                           if scale == "small" else ""),
                 baseline=MINIBATCH[0], claimed_speedup=2.0,
-                noise_reference=("results/reproduction/fig1_cpu/first_study"
+                noise_reference=("results/reproduction/fig1_cpu/runs"
                                  if scale == "small" else ""))
 
 

@@ -272,7 +272,8 @@ def crossing(curve: Curve, target: float, definition: CrossingDefinition,
 
 
 def _speedup(reference: Curve, other: Curve, final_points: int,
-             definition: CrossingDefinition) -> float:
+             definition: CrossingDefinition) -> tuple[float, float]:
+  """(speed-up, its upper bound): (nan, bound) when `other` never reaches."""
   target = final_value(reference[1], final_points)
   if not math.isfinite(target):
     raise ValueError(f"the reference run's final value is {target} (it "
@@ -288,8 +289,9 @@ def _speedup(reference: Curve, other: Curve, final_points: int,
         "window, or a definition on raw values.")
   other_steps = crossing(other, target, definition, final_points)
   if not math.isfinite(other_steps):
-    return math.nan  # Not reached.
-  return reference_steps / other_steps
+    # Not reached by its last step: it would have needed more steps.
+    return math.nan, reference_steps / float(other[0][-1])
+  return reference_steps / other_steps, reference_steps / other_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,8 +300,13 @@ class SpeedUps:
 
   Attributes:
     by_seed: seed -> speed-up (nan: "not reached").
+    upper_bounds: seed -> the speed-up itself where reached; where not, the
+      largest it could be had the run reached the target just after its
+      last step (baseline's steps / the run's last step). Their mean and
+      interval bound the speed-up over all seeds from above.
   """
   by_seed: dict[int, float]
+  upper_bounds: dict[int, float]
 
   @property
   def reached(self) -> dict[int, float]:
@@ -329,16 +336,21 @@ def speedups(baseline_runs: Mapping[int, Curve],
 
   A method run that never reaches the target gets nan ("not reached"): it is
   left out of the mean and the interval and must be reported as a count
-  (`SpeedUps.not_reached`). Seeds only one side ran are left out.
+  (`SpeedUps.not_reached`), since the mean over the seeds that reached is
+  biased upwards. `SpeedUps.upper_bounds` counts it at the largest speed-up
+  it could have (baseline's steps / its last step), so their mean bounds
+  the speed-up over every seed from above. Seeds only one side ran are left
+  out.
 
   Raises:
     ValueError: a baseline run that diverged (non-finite final value) or
       never reaches its own final value.
   """
-  return SpeedUps({
-      seed: _speedup(baseline_runs[seed], method_runs[seed], final_points,
-                     definition)
-      for seed in sorted(set(baseline_runs) & set(method_runs))})
+  pairs = {seed: _speedup(baseline_runs[seed], method_runs[seed],
+                          final_points, definition)
+           for seed in sorted(set(baseline_runs) & set(method_runs))}
+  return SpeedUps({seed: value for seed, (value, _) in pairs.items()},
+                  {seed: bound for seed, (_, bound) in pairs.items()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,7 +405,7 @@ def aa_noise_floor(runs_by_seed: Mapping[int, Curve], final_points: int,
                      f"got {sorted(runs_by_seed)}.")
   by_pair = {
       (i, j): _speedup(runs_by_seed[i], runs_by_seed[j], final_points,
-                       definition)
+                       definition)[0]
       for i, j in itertools.permutations(sorted(runs_by_seed), 2)}
   reached = np.asarray([v for v in by_pair.values() if not math.isnan(v)])
   if not len(reached):

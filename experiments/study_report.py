@@ -174,8 +174,17 @@ class _Reporter:
         claims.append(statistics.claim_sentence(
             f"{label}, speed-up", statistics.t_interval(reached)))
       if ups.not_reached:
-        claims.append(f"{label}: seeds {list(ups.not_reached)} never reached "
-                      "the baseline's final value (not in the mean).")
+        bounds = list(ups.upper_bounds.values())
+        claims.append(
+            f"{label}: seeds {list(ups.not_reached)} never reached the "
+            "baseline's final value (not in the mean, which they would "
+            "lower). Counting each at the largest speed-up it could have "
+            "(baseline's steps / its last step: "
+            + ", ".join(f"{ups.upper_bounds[s]:.2f}x"
+                        for s in ups.not_reached)
+            + f"), the mean speed-up over all {len(bounds)} seeds is at "
+            "most " + _interval_text(bounds, "x")
+            + " (the bounds' mean [95% t-interval]).")
       if len(paired) >= 2:
         claims.append(statistics.claim_sentence(
             f"{label}, final {criterion} − baseline's",

@@ -134,11 +134,15 @@ def test_speedups_by_seed_with_a_run_that_never_reaches():
   assert list(result.by_seed) == [0, 1]
   assert result.reached == {0: pytest.approx(40 / 30)}
   assert result.not_reached == (1,)
+  # Had seed 1 reached it just after its last step, 40, it would be 40 / 40.
+  assert result.upper_bounds == {0: pytest.approx(40 / 30), 1: 1.0}
   # Target = mean(2, 1) = 1.5: the baseline crosses it at step 35, the
   # method at 25.
   interpolated = statistics.speedups(baseline, method, final_points=2,
                                      definition="interpolated")
   assert interpolated.reached == {0: pytest.approx(35 / 25)}
+  assert interpolated.upper_bounds == {0: pytest.approx(35 / 25),
+                                       1: pytest.approx(35 / 40)}
 
 
 def test_speedups_refuse_a_diverged_baseline():

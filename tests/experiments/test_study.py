@@ -7,6 +7,7 @@ import math
 import numpy as np
 import PIL.Image
 import pytest
+import scipy.stats
 
 from experiments import main
 from experiments import report
@@ -347,3 +348,35 @@ def test_fig1_k32_study_is_fig1_at_the_papers_number_of_workers():
   assert k32.criterion == k8.criterion and k32.final_points == k8.final_points
   for key in ("optimizer", "schedule", "model", "data"):
     assert k32.base[key].to_dict() == k8.base[key].to_dict(), key
+
+
+def test_the_report_bounds_the_speedup_of_seeds_that_never_reach(tmp_path):
+  """A seed that never reaches the baseline's final value is left out of the
+  mean, and counted at its largest possible speed-up in a stated bound."""
+  study = dataclasses.replace(studies.toy(), seeds=(1, 2),
+                              secondary_criteria=())
+  # Records at steps 1-4 of loss + 1/s; final value = mean of the last
+  # `final_points` records. Seed 1's EXTRAP-SGD ends 1 above the baseline,
+  # never reaching it; seed 2's ends 1 below.
+  def loss_of(config):
+    if config.optimizer.method == "minibatch_sgd" or config.seed == 0:
+      return 1.0
+    return 2.0 if config.seed == 1 else 0.0
+
+  train_fn, _ = _fake_trainer(loss_of)
+  study_lib.StudyRunner(study, tmp_path / "study", train_fn=train_fn,
+                        log=lambda _: None).execute()
+  text = study_report.write_report(study, tmp_path / "study",
+                                   tmp_path / "report")
+  # By hand: the baseline's losses 2, 1.5, 1.333, 1.25 at steps 1-4; its
+  # final value (last 2) 1.2917, reached by its trailing mean of 2 at step
+  # 4. Seed 2's EXTRAP-SGD (1, 0.5, ...) is below it at step 1: 4 / 1 = 4x.
+  # Seed 1's bound: 4 / its last step 4 = 1x. Over both: mean 2.5, t-interval
+  # 2.5 ± t_{0.975, 1}·1.5 (sample SD 2.12 / sqrt 2).
+  bound, mean = 1.0, 2.5
+  half = scipy.stats.t.ppf(0.975, 1) * 1.5
+  assert (f"seeds [1] never reached the baseline's final value (not in the "
+          f"mean, which they would lower). Counting each at the largest "
+          f"speed-up it could have (baseline's steps / its last step: "
+          f"{bound:.2f}x), the mean speed-up over all 2 seeds is at most "
+          f"{mean:.2f}x [{mean - half:.2f}, {mean + half:.2f}]") in text

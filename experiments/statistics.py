@@ -485,9 +485,9 @@ def noise_verdict(difference: float, seed_sd: float, *, seeds: int,
   if multiple <= 0:
     raise ValueError(f"multiple must be > 0, e.g. 2; got {multiple}.")
   bound = multiple * seed_sd
-  numbers = (f"Observed {what}: {difference:+.4f}. Seed-to-seed sample SD "
-             f"of that difference measured by the study ({seeds} seeds): "
-             f"{seed_sd:.4f}; {multiple:g} SD = {bound:.4f}.")
+  numbers = (f"{what[:1].upper()}{what[1:]}: {difference:+.4f} observed; "
+             f"the study's seed-to-seed sample SD of it ({seeds} seeds): "
+             f"{seed_sd:.4f}; {multiple:.3g} SD = {bound:.4f}.")
   if abs(difference) <= bound:
     return (f"{numbers} |{abs(difference):.4f}| <= {bound:.4f}: within the "
             "noise.")

@@ -326,8 +326,8 @@ def fig1(scale: str) -> Preset:
   return Preset("fig1", scale, "Figure 1: training loss of the shared point "
                 "without learning-rate decay and the smoothness L of each step "
                 "(ResNet-20, CIFAR-10, K=32 x B=256).", runs, _seeds(scale),
-                see_also=("for the tuned, 3-seed study of this setting see "
-                          "results/reproduction/README.md"
+                see_also=("for the tuned five-seed study of this setting, with "
+                          "intervals, see results/reproduction/README.md"
                           if scale == "small" else ""),
                 baseline=MINIBATCH[0], claimed_speedup=2.0,
                 noise_reference=("results/reproduction/fig1_cpu/runs"

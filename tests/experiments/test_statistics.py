@@ -219,9 +219,9 @@ def test_claim_sentence_for_a_loss_difference(interval, verdict):
 def test_noise_verdict_states_the_numbers():
   within = statistics.noise_verdict(-0.1, 0.06, seeds=5)
   assert within == (
-      "Observed the final-loss difference: -0.1000. Seed-to-seed sample SD "
-      "of that difference measured by the study (5 seeds): 0.0600; 2 SD = "
-      "0.1200. |0.1000| <= 0.1200: within the noise.")
+      "The final-loss difference: -0.1000 observed; the study's "
+      "seed-to-seed sample SD of it (5 seeds): 0.0600; 2 SD = 0.1200. "
+      "|0.1000| <= 0.1200: within the noise.")
   beyond = statistics.noise_verdict(0.3, 0.06, seeds=5, multiple=3)
   assert "3 SD = 0.1800. |0.3000| > 0.1800: beyond the noise" in beyond
 

@@ -236,13 +236,16 @@ def compare(root: pathlib.Path, key: str = SHARED_LOSS,
               if seed in base and math.isfinite(steps) and steps > 0]
     missed = sum(1 for seed, steps in by_seed.items()
                  if seed in base and not math.isfinite(steps))
+    # One draw of a quantity whose seed-to-seed spread is of the size of
+    # the effect: a verdict from it flips between machines.
+    one_seed = len(ratios) + missed == 1
     lines.append("")
     if ratios:
       mean = _mean(ratios)
       shown = round(mean, 2)
       verdict = ("faster" if shown > 1 else "slower" if shown < 1
                  else "no faster, no slower")
-      if len(ratios) + missed == 1:
+      if one_seed:
         verdict += " in this one seed"
       lines.append(
           f"{name} reached {base_label}'s final loss {mean:.2f}x as fast "
@@ -254,17 +257,15 @@ def compare(root: pathlib.Path, key: str = SHARED_LOSS,
       lines.append(f"{name} did not reach {base_label}'s final loss.")
     if claimed_speedup is not None:
       shown = "never" if math.isnan(mean) else f"{mean:.2f}x"
-      if len(ratios) + missed == 1:
-        # One draw of a quantity whose seed-to-seed spread is of the size
-        # of the effect: its verdict flips between machines.
-        verdict = ("From one seed, which can neither show nor rule out the "
-                   "effect; its spread over seeds is measured by the study.")
+      if one_seed:
+        claim = ("From one seed, which can neither show nor rule out the "
+                 "effect; its spread over seeds is measured by the study.")
       elif not math.isnan(mean) and mean >= claimed_speedup and not missed:
-        verdict = "The claimed effect shows at this size."
+        claim = "The claimed effect shows at this size."
       else:
-        verdict = "The claimed effect is NOT there at this size."
+        claim = "The claimed effect is NOT there at this size."
       lines.append(f"The paper reports at least {claimed_speedup:g}x; "
-                   f"measured here: {shown}. {verdict}")
+                   f"measured here: {shown}. {claim}")
   return "\n".join(lines) + "\n"
 
 

@@ -93,11 +93,10 @@ def compare_with_study(root: pathlib.Path, reference: pathlib.Path,
   multiple = float(scipy.stats.t.ppf(0.975, n - 1)) * math.sqrt(1 + 1 / n)
   verdict = statistics.noise_verdict(
       difference, spread, seeds=n, multiple=multiple,
-      what=f"the final {key} difference")
+      what=f"the final {key} difference",
+      multiple_name=(f"the 95% prediction bound of one more seed under no "
+                     f"effect, t_{{0.975, {n - 1}}}·sqrt(1 + 1/{n})"))
   return (f"{head} In the study's {len(paired)} comparison seeds at this "
           f"setting, cut at step {step}, the paired difference was "
           f"{interval.mean:+.4f} (95% t-interval [{interval.low:+.4f}, "
-          f"{interval.high:+.4f}], sample SD {spread:.4f}). Under no effect, "
-          f"one more seed's difference lies within ±t_{{0.975, {n - 1}}}·"
-          f"sqrt(1 + 1/{n}) = ±{multiple:.3g} sample SDs with 95% "
-          f"probability. {verdict}\n")
+          f"{interval.high:+.4f}], sample SD {spread:.4f}). {verdict}\n")

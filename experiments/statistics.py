@@ -480,7 +480,8 @@ def claim_sentence(name: str, interval: Interval, null: float = 1.0,
 
 def noise_verdict(difference: float, seed_sd: float, *, seeds: int,
                   multiple: float = 2.0,
-                  what: str = "the final-loss difference") -> str:
+                  what: str = "the final-loss difference",
+                  multiple_name: str = "") -> str:
   """Whether one observed difference lies within the seed-to-seed spread.
 
   A single run of each method (one seed each, as the main job) gives one
@@ -489,7 +490,8 @@ def noise_verdict(difference: float, seed_sd: float, *, seeds: int,
   between the same two methods. d is "within the noise" when
   |d| <= multiple · seed_sd (about a 95% band for a normal spread at
   multiple = 2), else "beyond the noise" (which, from one seed, suggests but
-  does not establish a difference).
+  does not establish a difference). `multiple_name`, if given, says where
+  the multiple comes from (e.g. a prediction interval's factor).
 
   Raises:
     ValueError: a non-finite difference, a negative or non-finite SD,
@@ -505,9 +507,11 @@ def noise_verdict(difference: float, seed_sd: float, *, seeds: int,
   if multiple <= 0:
     raise ValueError(f"multiple must be > 0, e.g. 2; got {multiple}.")
   bound = multiple * seed_sd
+  factor = (f"{multiple_name} = {multiple:.3g}" if multiple_name
+            else f"{multiple:.3g}")
   numbers = (f"{what[:1].upper()}{what[1:]}: {difference:+.4f} observed; "
              f"the study's seed-to-seed sample SD of it ({seeds} seeds): "
-             f"{seed_sd:.4f}; {multiple:.3g} SD = {bound:.4f}.")
+             f"{seed_sd:.4f}; {factor} SD = {bound:.4f}.")
   if abs(difference) <= bound:
     return (f"{numbers} |{abs(difference):.4f}| <= {bound:.4f}: within the "
             "noise.")

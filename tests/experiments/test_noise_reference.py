@@ -56,6 +56,8 @@ def test_within_and_beyond_the_prediction_interval(tmp_path):
       tmp_path / "inside", tmp_path / "study", "sgd", "extrap", KEY)
   assert "+0.4500" in text and "sample SD 0.1000" in text
   assert f"= {bound:.4f}" in text and "within the noise" in text
+  assert (f"the 95% prediction bound of one more seed under no effect, "
+          f"t_{{0.975, 2}}·sqrt(1 + 1/3) = {bound / 0.1:.3g} SD") in text
   _main_job(tmp_path / "outside", -0.55)
   text = noise_reference.compare_with_study(
       tmp_path / "outside", tmp_path / "study", "sgd", "extrap", KEY)

@@ -271,12 +271,9 @@ def crossing(curve: Curve, target: float, definition: CrossingDefinition,
   return first_crossing_step(steps, values, target, definition)
 
 
-def _steps_to_target(reference: Curve, other: Curve, final_points: int,
-                     definition: CrossingDefinition) -> tuple[float, float]:
-  """The steps `reference` and `other` take to `reference`'s final value.
-
-  `other`'s is not finite when it never reaches it.
-  """
+def _speedup(reference: Curve, other: Curve, final_points: int,
+             definition: CrossingDefinition) -> tuple[float, float]:
+  """(speed-up, its upper bound): (nan, bound) when `other` never reaches."""
   target = final_value(reference[1], final_points)
   if not math.isfinite(target):
     raise ValueError(f"the reference run's final value is {target} (it "
@@ -290,16 +287,11 @@ def _steps_to_target(reference: Curve, other: Curve, final_points: int,
         f"the reference run never reaches its own final value {target} by "
         f"{definition!r}; use 'trailing_mean_interpolated' with the same "
         "window, or a definition on raw values.")
-  return reference_steps, crossing(other, target, definition, final_points)
-
-
-def _speedup(reference: Curve, other: Curve, final_points: int,
-             definition: CrossingDefinition) -> float:
-  reference_steps, other_steps = _steps_to_target(reference, other,
-                                                  final_points, definition)
+  other_steps = crossing(other, target, definition, final_points)
   if not math.isfinite(other_steps):
-    return math.nan  # Not reached.
-  return reference_steps / other_steps
+    # Not reached by its last step: it would have needed more steps.
+    return math.nan, reference_steps / float(other[0][-1])
+  return reference_steps / other_steps, reference_steps / other_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,12 +300,13 @@ class SpeedUps:
 
   Attributes:
     by_seed: seed -> speed-up (nan: "not reached").
-    unreached_bounds: seed -> for a seed that never reached the target, the
-      largest speed-up it could have, had its run reached the target just
-      after its last step (baseline's steps / the run's last step).
+    upper_bounds: seed -> the speed-up itself where reached; where not, the
+      largest it could be had the run reached the target just after its
+      last step (baseline's steps / the run's last step). Their mean and
+      interval bound the speed-up over all seeds from above.
   """
   by_seed: dict[int, float]
-  unreached_bounds: dict[int, float]
+  upper_bounds: dict[int, float]
 
   @property
   def reached(self) -> dict[int, float]:
@@ -324,13 +317,6 @@ class SpeedUps:
   def not_reached(self) -> tuple[int, ...]:
     """The seeds that never reached it: counted, never averaged."""
     return tuple(s for s, v in self.by_seed.items() if math.isnan(v))
-
-  @property
-  def upper_bounds(self) -> dict[int, float]:
-    """Every seed's speed-up, an unreached one's at its bound: their mean
-    and interval bound the speed-up over all seeds from above."""
-    return {s: self.unreached_bounds.get(s, v)
-            for s, v in self.by_seed.items()}
 
 
 def speedups(baseline_runs: Mapping[int, Curve],
@@ -360,17 +346,11 @@ def speedups(baseline_runs: Mapping[int, Curve],
     ValueError: a baseline run that diverged (non-finite final value) or
       never reaches its own final value.
   """
-  by_seed, unreached_bounds = {}, {}
-  for seed in sorted(set(baseline_runs) & set(method_runs)):
-    steps, method_steps = _steps_to_target(
-        baseline_runs[seed], method_runs[seed], final_points, definition)
-    if math.isfinite(method_steps):
-      by_seed[seed] = steps / method_steps
-    else:
-      by_seed[seed] = math.nan
-      # Not reached by its last step: it would have needed more steps.
-      unreached_bounds[seed] = steps / float(method_runs[seed][0][-1])
-  return SpeedUps(by_seed, unreached_bounds)
+  pairs = {seed: _speedup(baseline_runs[seed], method_runs[seed],
+                          final_points, definition)
+           for seed in sorted(set(baseline_runs) & set(method_runs))}
+  return SpeedUps({seed: value for seed, (value, _) in pairs.items()},
+                  {seed: bound for seed, (_, bound) in pairs.items()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -425,7 +405,7 @@ def aa_noise_floor(runs_by_seed: Mapping[int, Curve], final_points: int,
                      f"got {sorted(runs_by_seed)}.")
   by_pair = {
       (i, j): _speedup(runs_by_seed[i], runs_by_seed[j], final_points,
-                       definition)
+                       definition)[0]
       for i, j in itertools.permutations(sorted(runs_by_seed), 2)}
   reached = np.asarray([v for v in by_pair.values() if not math.isnan(v)])
   if not len(reached):

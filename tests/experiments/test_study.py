@@ -346,8 +346,20 @@ def test_fig1_k32_study_is_fig1_at_the_papers_number_of_workers():
   assert k32.baseline_grid == (studies.FIG1_CPU_LEARNING_RATE,)
   assert [v.grid for v in k32.variants] == [(1.0, 2.0, 4.0)]
   assert k32.criterion == k8.criterion and k32.final_points == k8.final_points
-  for key in ("optimizer", "schedule", "model", "data"):
+  for key in ("optimizer", "model", "data"):
     assert k32.base[key].to_dict() == k8.base[key].to_dict(), key
+  # The same γ0 means the same rate per image: Goyal et al.'s linear scaling
+  # of the peak with the global batch, from the same start of the warm-up.
+  rates = []
+  for study in (k8, k32):
+    config = study.base.copy_and_resolve_references()
+    config.optimizer.base_learning_rate = studies.FIG1_CPU_LEARNING_RATE
+    rates.append(schedules.make_schedule(config, steps_per_epoch=10,
+                                         num_steps=250))
+  k8_rate, k32_rate = rates
+  assert float(k32_rate(0)) == pytest.approx(float(k8_rate(0)))
+  assert float(k8_rate(100)) == pytest.approx(0.025 * 1000 / 125)
+  assert float(k32_rate(100)) == pytest.approx(0.025 * 992 / 125)
 
 
 def test_the_report_bounds_the_speedup_of_seeds_that_never_reach(tmp_path):

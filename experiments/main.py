@@ -90,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
   study.add_argument("--max-steps", default=None, type=int,
                      help="train at most this many steps now; run the same "
                           "command again to continue")
+  study.add_argument("--compared-runs", default=None, type=pathlib.Path,
+                     help="the runs of the study this one is compared with "
+                          "(its `compared_with`; default: <runs-dir>/study-"
+                          "<that name>), e.g. results/reproduction/fig1_cpu/"
+                          "runs")
   study.add_argument("--dry-run", action="store_true",
                      help="list the runs the current results call for")
   rerun = commands.add_parser(
@@ -312,6 +317,10 @@ def study_command(args) -> int:
   study = studies.get_study(args.study)
   if args.max_steps is not None and args.max_steps < 1:
     raise SystemExit(f"--max-steps={args.max_steps} must be positive.")
+  if args.compared_runs is not None and not study.compared_with:
+    raise SystemExit(f"--compared-runs: the study {study.name!r} is not "
+                     "compared with another one (its compared_with is "
+                     "empty); drop the flag.")
   root = args.runs_dir / f"study-{study.name}"
   if not args.dry_run:
     _request_cpu_devices(_workers_of([study.base]), 1)
@@ -333,7 +342,8 @@ def study_command(args) -> int:
           "results).")
     return 0
   text = study_report.write_report(study, root,
-                                   args.report_dir or root / "report")
+                                   args.report_dir or root / "report",
+                                   compared_root=args.compared_runs)
   print(text)
   if not finished:
     print("The study is not finished; the report shows the runs so far.")

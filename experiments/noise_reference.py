@@ -19,6 +19,7 @@ import scipy.stats
 
 from experiments import report
 from experiments import statistics
+from experiments import verdicts
 from experiments.configs import overrides
 
 # The parts of a run's configuration that must agree for the study's spread
@@ -91,7 +92,7 @@ def compare_with_study(root: pathlib.Path, reference: pathlib.Path,
   # known; with 2-5 seeds it is not).
   n = len(paired)
   multiple = float(scipy.stats.t.ppf(0.975, n - 1)) * math.sqrt(1 + 1 / n)
-  verdict = statistics.noise_verdict(
+  verdict = verdicts.noise_verdict(
       difference, spread, seeds=n, multiple=multiple,
       what=f"the final {key} difference",
       multiple_name=(f"the 95% prediction bound of one more seed under no "

@@ -14,9 +14,12 @@ values.
 - Speed-ups: `speedups` (a method against the baseline, seed by seed) and
   `aa_noise_floor` (a method against itself over pairs of seeds: the
   spread a real speed-up must exceed).
-- Words: `claim_sentence` (what an interval supports) and `noise_verdict`
-  (whether one observed difference lies within the study's seed-to-seed
-  spread).
+- Comparing two studies: `welch_interval` (the difference of two means
+  over independent seeds, e.g. an effect at K = 32 against the same effect
+  at K = 8).
+
+What an interval or one observed difference supports, in words, is in
+`experiments/verdicts.py`.
 
 A curve is a pair `(steps, values)` of equal-length sequences, the steps
 increasing, as a run's `metrics.jsonl` records one criterion (lower is
@@ -86,7 +89,7 @@ def _finite_array(values: Sequence[float], name: str,
   return array
 
 
-def _check_confidence(confidence: float) -> None:
+def check_confidence(confidence: float) -> None:
   if not 0 < confidence < 1:
     raise ValueError(f"confidence must lie in (0, 1), e.g. 0.95; got "
                      f"{confidence}.")
@@ -120,7 +123,7 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
     ValueError: fewer than 2 values, a non-finite one, or a confidence
       outside (0, 1).
   """
-  _check_confidence(confidence)
+  check_confidence(confidence)
   array = _finite_array(values, "values", 2)
   mean = float(np.mean(array))
   quantile = float(stats.t.ppf((1 + confidence) / 2, df=len(array) - 1))
@@ -159,6 +162,38 @@ def paired_interval(a_by_seed: Mapping[int, float],
         f"{len(differences)} in common.")
   return t_interval(list(differences.values()), confidence)
 
+
+def welch_interval(a: Sequence[float], b: Sequence[float],
+                   confidence: float = 0.95) -> Interval:
+  r"""Welch's t-interval of mean(a) − mean(b), over independent samples.
+
+  .. math:: \bar a - \bar b \pm t_{(1 + \text{confidence})/2,\; \nu}
+            \sqrt{s_a^2/n_a + s_b^2/n_b},\qquad
+            \nu = \frac{(s_a^2/n_a + s_b^2/n_b)^2}
+                   {(s_a^2/n_a)^2/(n_a - 1) + (s_b^2/n_b)^2/(n_b - 1)}
+
+  with sample SDs (`sample_sd`) and the Welch-Satterthwaite degrees of
+  freedom ν, which do not assume equal spreads. For an effect measured in
+  two studies on different seeds (e.g. the paired final-loss difference at
+  K = 32 against the one at K = 8): whether the effect changed.
+
+  Raises:
+    ValueError: fewer than 2 values on a side, a non-finite one, a
+      confidence outside (0, 1), or both sides without spread.
+  """
+  check_confidence(confidence)
+  a = _finite_array(a, "a", 2)
+  b = _finite_array(b, "b", 2)
+  var_a, var_b = (sample_sd(x) ** 2 / len(x) for x in (a, b))
+  if var_a + var_b == 0:
+    raise ValueError("welch_interval needs some spread: both samples are "
+                     "constant, so the interval is undefined.")
+  df = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1)
+                               + var_b ** 2 / (len(b) - 1))
+  mean = float(np.mean(a) - np.mean(b))
+  half_width = (float(stats.t.ppf((1 + confidence) / 2, df))
+                * math.sqrt(var_a + var_b))
+  return Interval(mean, mean - half_width, mean + half_width)
 
 def _curve_arrays(steps: Sequence[float],
                   values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -414,86 +449,3 @@ def aa_noise_floor(runs_by_seed: Mapping[int, Curve], final_points: int,
   low, high = np.percentile(reached, [2.5, 97.5])
   return NoiseFloor(by_pair, float(np.median(reached)), float(reached.min()),
                     float(reached.max()), float(low), float(high))
-
-
-def claim_sentence(name: str, interval: Interval, null: float = 1.0,
-                   unit: str = "x", *, above: str = "faster than the baseline",
-                   below: str = "slower than the baseline",
-                   confidence: float = 0.95, digits: int = 2) -> str:
-  """The sentence a confidence interval supports about `name`.
-
-  "above" when the whole interval lies above `null`, "below" when it lies
-  below, else "not distinguishable from {null}" (the interval contains it;
-  an interval touching `null` at an end counts as containing it). The bounds
-  get more than `digits` digits (up to 6) where fewer would print a bound
-  that is not the null as the null.
-
-  Examples:
-    a speed-up (null 1): "EXTRAP-ADAM: 1.19x, 95% CI [1.03, 1.34]: faster
-    than the baseline."; a paired final-loss difference method − baseline:
-    `claim_sentence(name, interval, null=0.0, unit="", above="higher final
-    loss than the baseline", below="lower final loss than the baseline",
-    digits=4)`.
-  """
-  _check_confidence(confidence)
-  if not interval.low <= interval.mean <= interval.high:
-    raise ValueError(f"interval must satisfy low <= mean <= high; got "
-                     f"{interval}.")
-  level = f"{100 * confidence:g}% CI"
-  # A bound that rounds to the null but is not it gets more digits, so that
-  # the printed interval shows on which side it lies (0.9998, not 1.00).
-  bound_digits = digits
-  while bound_digits < 6 and any(
-      bound != null and round(bound, bound_digits) == null
-      for bound in (interval.low, interval.high)):
-    bound_digits += 1
-  bounds = (f"[{interval.low:.{bound_digits}f}, "
-            f"{interval.high:.{bound_digits}f}]")
-  estimate = f"{name}: {interval.mean:.{digits}f}{unit}"
-  if interval.low > null:
-    return f"{estimate}, {level} {bounds}: {above}."
-  if interval.high < null:
-    return f"{estimate}, {level} {bounds}: {below}."
-  return (f"{estimate}: not distinguishable from {null:g} ({level} {bounds} "
-          f"contains {null:g}).")
-
-
-def noise_verdict(difference: float, seed_sd: float, *, seeds: int,
-                  multiple: float = 2.0,
-                  what: str = "the final-loss difference",
-                  multiple_name: str = "") -> str:
-  """Whether one observed difference lies within the seed-to-seed spread.
-
-  A single run of each method (one seed each, as the main job) gives one
-  difference d. The study measured, at the same setting, `seed_sd`: the
-  sample SD (`sample_sd`) over `seeds` seeds of the paired differences
-  between the same two methods. d is "within the noise" when
-  |d| <= multiple · seed_sd (about a 95% band for a normal spread at
-  multiple = 2), else "beyond the noise" (which, from one seed, suggests but
-  does not establish a difference). `multiple_name`, if given, says where
-  the multiple comes from (e.g. a prediction interval's factor).
-
-  Raises:
-    ValueError: a non-finite difference, a negative or non-finite SD,
-      fewer than 2 seeds, a non-positive multiple.
-  """
-  if not math.isfinite(difference):
-    raise ValueError(f"difference must be finite; got {difference}.")
-  if not (math.isfinite(seed_sd) and seed_sd >= 0):
-    raise ValueError(f"seed_sd must be a finite SD >= 0; got {seed_sd}.")
-  if seeds < 2:
-    raise ValueError(f"seeds must be >= 2 (a sample SD needs two); got "
-                     f"{seeds}.")
-  if multiple <= 0:
-    raise ValueError(f"multiple must be > 0, e.g. 2; got {multiple}.")
-  bound = multiple * seed_sd
-  factor = (f"{multiple_name} = {multiple:.3g}" if multiple_name
-            else f"{multiple:.3g}")
-  numbers = (f"{what[:1].upper()}{what[1:]}: {difference:+.4f} observed; "
-             f"the study's seed-to-seed sample SD of it ({seeds} seeds): "
-             f"{seed_sd:.4f}; {factor} SD = {bound:.4f}.")
-  if abs(difference) <= bound:
-    return (f"{numbers} |{abs(difference):.4f}| <= {bound:.4f}: within the "
-            "noise.")
-  return (f"{numbers} |{abs(difference):.4f}| > {bound:.4f}: beyond the noise "
-          "(from one seed each: a hint, not an established difference).")

@@ -96,6 +96,10 @@ class Study:
     max_extensions: how many values any grid (the baseline's and each
       variant's) may grow by on each side.
     final_points: measurements averaged for the final criterion value.
+    compared_with: the study of the same methods at another setting whose
+      effect this one's is set against (e.g. "fig1_cpu" for K = 8 against
+      K = 32): the report gives the change in the paired final-criterion
+      difference, with Welch's interval over the two studies' seeds.
   """
   name: str
   description: str
@@ -112,6 +116,7 @@ class Study:
   seed_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
   max_extensions: int = 2
   final_points: int = 3
+  compared_with: str = ""
 
 
 class BudgetExhausted(Exception):

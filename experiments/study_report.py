@@ -22,6 +22,8 @@ import numpy as np
 from experiments import report
 from experiments import run_info
 from experiments import statistics
+from experiments import verdicts
+from experiments.configs import studies
 from experiments.study import final_score
 from experiments.study import Study
 from experiments.study import StudyRunner
@@ -171,7 +173,7 @@ class _Reporter:
       lines.append("| " + " | ".join(row + [per_seed, speedup, difference])
                    + " |")
       if len(reached) >= 2:
-        claims.append(statistics.claim_sentence(
+        claims.append(verdicts.claim_sentence(
             f"{label}, speed-up", statistics.t_interval(reached)))
       if ups.not_reached:
         bounds = list(ups.upper_bounds.values())
@@ -186,7 +188,7 @@ class _Reporter:
             "most " + _interval_text(bounds, "x")
             + " (the bounds' mean [95% t-interval]).")
       if len(paired) >= 2:
-        claims.append(statistics.claim_sentence(
+        claims.append(verdicts.claim_sentence(
             f"{label}, final {criterion} − baseline's",
             statistics.paired_interval(finals, baseline_finals), null=0.0,
             unit="", above="higher final loss than the baseline",
@@ -218,6 +220,67 @@ class _Reporter:
           f"| [{floor.low:.2f}, {floor.high:.2f}] |")
     return lines
 
+
+  def paired_effects(self) -> dict[str, dict[str, dict[int, float]]]:
+    """criterion -> variant -> seed -> final value − the baseline's."""
+    runner = StudyRunner(self.study, self.root, dry_run=True,
+                         log=lambda _: None)
+    groups = self.seed_groups(runner.execute())
+    effects = {}
+    for criterion in self.criteria:
+      baseline = self._finals(groups.get(self.baseline, []), criterion)
+      effects[criterion] = {
+          method: statistics.paired_differences(
+              self._finals(runs, criterion), baseline)
+          for method, runs in groups.items() if method != self.baseline}
+    return effects
+
+
+def comparison_section(study: Study, root: pathlib.Path, other: Study,
+                       other_root: pathlib.Path) -> list[str]:
+  """The effect here against `other`'s: Welch's interval of the change.
+
+  The effect of a method is its final criterion minus the baseline's,
+  paired by seed within each study; the two studies' seeds are independent
+  draws, so the change (here − there) gets Welch's interval
+  (`statistics.welch_interval`).
+  """
+  lines = [f"## Against {other.name}: does the effect change?", "",
+           f"Here: {study.base.row}. {other.name}: {other.base.row}. The "
+           "effect is a method's final value minus the baseline's, paired "
+           "by seed within each study (mean [95% t-interval]); the change is "
+           "here − there, with Welch's 95% interval (the two studies' seeds "
+           "are independent). Negative: the method gains more here.", ""]
+  if not pathlib.Path(other_root).is_dir():
+    return lines + [f"No runs of {other.name} under {other_root}.", ""]
+  here = _Reporter(study, root)
+  there = _Reporter(other, pathlib.Path(other_root)).paired_effects()
+  lines += ["| criterion | method | effect here | effect in "
+            f"{other.name} | change, mean [95% Welch interval] |",
+            "| --- | --- | --- | --- | --- |"]
+  claims = []
+  for criterion, by_method in here.paired_effects().items():
+    for method, effect in by_method.items():
+      reference = there.get(criterion, {}).get(method, {})
+      label = here.labels.get(method, method)
+      change = "n/a"
+      if len(effect) >= 2 and len(reference) >= 2:
+        interval = statistics.welch_interval(list(effect.values()),
+                                             list(reference.values()))
+        change = (f"{interval.mean:+.4f} [{interval.low:+.4f}, "
+                  f"{interval.high:+.4f}]")
+        claims.append(verdicts.claim_sentence(
+            f"{label}, change in final {criterion} − baseline's", interval,
+            null=0.0, unit="", digits=4,
+            above=f"the method gains less here than in {other.name}",
+            below=f"the method gains more here than in {other.name}"))
+      lines.append(
+          f"| {criterion} | {label} | "
+          f"{_interval_text(list(effect.values()), '', digits=4)} "
+          f"({len(effect)} seeds) | "
+          f"{_interval_text(list(reference.values()), '', digits=4)} "
+          f"({len(reference)} seeds) | {change} |")
+  return lines + [""] + [f"- {claim}" for claim in claims] + [""]
 
 def _interval_text(values: Sequence[float], unit: str, digits: int = 2) -> str:
   """"mean [low, high]" (95% t-interval); the value alone for one seed."""
@@ -253,9 +316,16 @@ def _copy_artifacts(root: pathlib.Path, out: pathlib.Path) -> int:
   return count
 
 
-def write_report(study: Study, root: pathlib.Path,
-                 out: pathlib.Path) -> str:
+def write_report(study: Study, root: pathlib.Path, out: pathlib.Path,
+                 compared_root: pathlib.Path | None = None) -> str:
   """Writes `out/report.md`, `out/<study>.png` and the runs' artifacts.
+
+  Args:
+    study: the study.
+    root: its runs.
+    out: where the report goes.
+    compared_root: the runs of `study.compared_with`, if it names a study
+      (without them the report says where it looked).
 
   Returns:
     The Markdown text.
@@ -318,6 +388,10 @@ def write_report(study: Study, root: pathlib.Path,
     lines += ["", f"![{study.name}]({figure.name})", ""]
   else:
     lines += ["Pending: the tuning stages are not finished.", ""]
+  if groups and study.compared_with:
+    lines += comparison_section(
+        study, root, studies.get_study(study.compared_with),
+        compared_root or root.parent / f"study-{study.compared_with}")
   count = _copy_artifacts(root, out)
   lines += [f"{count} runs' config.json, metrics.jsonl and summary.json are "
             "in `runs/`.", ""]

@@ -110,7 +110,8 @@ def fig1_cpu_k32() -> Study:
   return dataclasses.replace(
       study, name="fig1_cpu_k32", base=config,
       description=study.description + " K = 32 workers x B = 31.",
-      baseline_grid=(FIG1_CPU_LEARNING_RATE,), seeds=(1, 2, 3))
+      baseline_grid=(FIG1_CPU_LEARNING_RATE,), seeds=(1, 2, 3),
+      compared_with="fig1_cpu")
 
 
 # Adam's schedule scale c_s in γ_t = c_s·d^{-1/2}·min(s^{-1/2}, s·w^{-3/2}):

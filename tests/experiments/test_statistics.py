@@ -179,58 +179,29 @@ def test_aa_noise_floor_needs_two_seeds():
     statistics.aa_noise_floor({0: (STEPS, [3, 2, 1, 0])}, 1, "interpolated")
 
 
-@pytest.mark.parametrize(("interval", "sentence"), [
-    (statistics.Interval(1.19, 1.03, 1.34),
-     "EXTRAP: 1.19x, 95% CI [1.03, 1.34]: faster than the baseline."),
-    (statistics.Interval(1.133, 0.70, 1.56),
-     "EXTRAP: 1.13x: not distinguishable from 1 (95% CI [0.70, 1.56] "
-     "contains 1)."),
-    # An end at the null itself does not exclude it.
-    (statistics.Interval(1.1, 1.0, 1.2),
-     "EXTRAP: 1.10x: not distinguishable from 1 (95% CI [1.00, 1.20] "
-     "contains 1)."),
-    (statistics.Interval(0.8, 0.7, 0.9),
-     "EXTRAP: 0.80x, 95% CI [0.70, 0.90]: slower than the baseline."),
-    # 0.9998 would print as 1.00: the bounds get the digits that show it.
-    (statistics.Interval(1.2345, 0.9998, 1.4693),
-     "EXTRAP: 1.23x: not distinguishable from 1 (95% CI [0.9998, 1.4693] "
-     "contains 1)."),
+def test_welch_interval_by_hand():
+  # Equal n and equal spread: ν = 2(n − 1) = 2, the SE sqrt(2/2 + 2/2).
+  interval = statistics.welch_interval([0.0, 2.0], [1.0, 3.0])
+  half = 4.302653 * math.sqrt(2.0)
+  assert interval.mean == pytest.approx(-1.0)
+  assert (interval.low, interval.high) == pytest.approx((-1 - half, -1 + half))
+
+
+def test_welch_interval_matches_scipy_with_unequal_spreads():
+  a, b = [0.31, 0.12, 0.25], [0.08, 0.05, 0.11, 0.02, 0.09]
+  interval = statistics.welch_interval(a, b, confidence=0.9)
+  expected = scipy.stats.ttest_ind(a, b, equal_var=False).confidence_interval(
+      0.9)
+  assert interval.mean == pytest.approx(np.mean(a) - np.mean(b))
+  assert (interval.low, interval.high) == pytest.approx(
+      (expected.low, expected.high))
+
+
+@pytest.mark.parametrize(("a", "b", "message"), [
+    ([1.0], [1.0, 2.0], "a needs at least 2"),
+    ([1.0, 2.0], [1.0, math.inf], "b contains non-finite"),
+    ([1.0, 1.0], [2.0, 2.0], "spread"),
 ])
-def test_claim_sentence_for_a_speedup(interval, sentence):
-  assert statistics.claim_sentence("EXTRAP", interval) == sentence
-
-
-@pytest.mark.parametrize(("interval", "verdict"), [
-    (statistics.Interval(-0.11, -0.2, -0.02),
-     "-0.1100, 90% CI [-0.2000, -0.0200]: lower final loss."),
-    (statistics.Interval(-0.11, -0.25, 0.02),
-     "-0.1100: not distinguishable from 0 (90% CI [-0.2500, 0.0200] "
-     "contains 0)."),
-    (statistics.Interval(0.05, 0.01, 0.09),
-     "0.0500, 90% CI [0.0100, 0.0900]: higher final loss."),
-])
-def test_claim_sentence_for_a_loss_difference(interval, verdict):
-  sentence = statistics.claim_sentence(
-      "difference", interval, null=0.0, unit="", above="higher final loss",
-      below="lower final loss", confidence=0.9, digits=4)
-  assert sentence == f"difference: {verdict}"
-
-
-def test_noise_verdict_states_the_numbers():
-  within = statistics.noise_verdict(-0.1, 0.06, seeds=5)
-  assert within == (
-      "The final-loss difference: -0.1000 observed; the study's "
-      "seed-to-seed sample SD of it (5 seeds): 0.0600; 2 SD = 0.1200. "
-      "|0.1000| <= 0.1200: within the noise.")
-  beyond = statistics.noise_verdict(0.3, 0.06, seeds=5, multiple=3)
-  assert "3 SD = 0.1800. |0.3000| > 0.1800: beyond the noise" in beyond
-
-
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"difference": math.nan, "seed_sd": 0.1, "seeds": 3}, "difference"),
-    ({"difference": 0.1, "seed_sd": -0.1, "seeds": 3}, "seed_sd"),
-    ({"difference": 0.1, "seed_sd": 0.1, "seeds": 1}, "seeds"),
-])
-def test_noise_verdict_rejects_bad_input(kwargs, message):
+def test_welch_interval_rejects_bad_input(a, b, message):
   with pytest.raises(ValueError, match=message):
-    statistics.noise_verdict(**kwargs)
+    statistics.welch_interval(a, b)

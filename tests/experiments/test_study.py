@@ -392,3 +392,39 @@ def test_the_report_bounds_the_speedup_of_seeds_that_never_reach(tmp_path):
           f"speed-up it could have (baseline's steps / its last step: "
           f"{bound:.2f}x), the mean speed-up over all 2 seeds is at most "
           f"{mean:.2f}x [{mean - half:.2f}, {mean + half:.2f}]") in text
+
+
+def test_the_report_sets_the_effect_against_the_compared_studys(
+    tmp_path, monkeypatch):
+  """The change in the paired final-loss difference between two studies gets
+  Welch's interval over their independent seeds (SciPy's, here)."""
+  reference = dataclasses.replace(studies.toy(), seeds=(1, 2, 3),
+                                  secondary_criteria=())
+  monkeypatch.setitem(studies.STUDIES, "toy", lambda: reference)
+  study = dataclasses.replace(reference, name="toy_k", compared_with="toy")
+  # EXTRAP-SGD's final loss is the baseline's minus `gain[seed]`.
+  gains = {"toy": {1: 0.1, 2: 0.3, 3: 0.2}, "toy_k": {1: 0.5, 2: 0.9, 3: 0.6}}
+  for name, runs in (("toy", reference), ("toy_k", study)):
+    def loss_of(config, gain=gains[name]):
+      if config.optimizer.method == "minibatch_sgd" or config.seed == 0:
+        return 1.0
+      return 1.0 - gain[config.seed]
+
+    train_fn, _ = _fake_trainer(loss_of)
+    study_lib.StudyRunner(runs, tmp_path / name, train_fn=train_fn,
+                          log=lambda _: None).execute()
+  text = study_report.write_report(study, tmp_path / "toy_k",
+                                   tmp_path / "report",
+                                   compared_root=tmp_path / "toy")
+  here = [-g for g in gains["toy_k"].values()]
+  there = [-g for g in gains["toy"].values()]
+  expected = scipy.stats.ttest_ind(here, there,
+                                   equal_var=False).confidence_interval()
+  change = np.mean(here) - np.mean(there)
+  assert (f"| {change:+.4f} [{expected.low:+.4f}, {expected.high:+.4f}] |"
+          in text)
+  assert "gains more here than in toy" in text
+  missing = study_report.write_report(study, tmp_path / "toy_k",
+                                      tmp_path / "report2",
+                                      compared_root=tmp_path / "nowhere")
+  assert f"No runs of toy under {tmp_path / 'nowhere'}." in missing

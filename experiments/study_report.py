@@ -220,7 +220,6 @@ class _Reporter:
           f"| [{floor.low:.2f}, {floor.high:.2f}] |")
     return lines
 
-
   def paired_effects(self) -> dict[str, dict[str, dict[int, float]]]:
     """criterion -> variant -> seed -> final value − the baseline's."""
     runner = StudyRunner(self.study, self.root, dry_run=True,
@@ -281,6 +280,7 @@ def comparison_section(study: Study, root: pathlib.Path, other: Study,
           f"{_interval_text(list(reference.values()), '', digits=4)} "
           f"({len(reference)} seeds) | {change} |")
   return lines + [""] + [f"- {claim}" for claim in claims] + [""]
+
 
 def _interval_text(values: Sequence[float], unit: str, digits: int = 2) -> str:
   """"mean [low, high]" (95% t-interval); the value alone for one seed."""

@@ -1,6 +1,5 @@
 """examples/shard_map_mesh.py switched to DiLoCo + EXTRAP by its optimizer line (8 CPU devices)."""
 
-import jax
 import numpy as np
 import optax
 import pytest

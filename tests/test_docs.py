@@ -164,12 +164,14 @@ def test_docs_build_without_warnings(tmp_path):
   assert not result.stderr.strip(), result.stderr
   for page in ("index", "getting_started", "algorithms", "training_script",
                "experiments", "reproduction", "reproduction_fig1_cpu",
+               "reproduction_fig1_cpu_k32", "reproduction_fig3_cpu",
                "benchmarks", "contract", "api"):
     assert (tmp_path / "html" / f"{page}.html").is_file(), page
   api = (tmp_path / "html" / "api.html").read_text()
   assert 'id="extrap_optax.extrap_sgd"' in api
   reproduction = (tmp_path / "html" / "reproduction.html").read_text()
-  assert 'href="reproduction_fig1_cpu.html"' in reproduction
+  for study in ("fig1_cpu", "fig1_cpu_k32", "fig3_cpu"):
+    assert f'href="reproduction_{study}.html"' in reproduction, study
   # Offline: MathJax is served with the site (sphinx-mathjax-offline), no page
   # loads a script from elsewhere, and no page links to a repository that is
   # not a known real one (tests/test_repository_text.py).

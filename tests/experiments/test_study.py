@@ -428,3 +428,12 @@ def test_the_report_sets_the_effect_against_the_compared_studys(
                                       tmp_path / "report2",
                                       compared_root=tmp_path / "nowhere")
   assert f"No runs of toy under {tmp_path / 'nowhere'}." in missing
+
+
+def test_compared_runs_needs_a_study_that_is_compared(tmp_path):
+  with pytest.raises(SystemExit, match="not compared with another one"):
+    main.main(["study", "--study", "fig1_cpu", "--runs-dir", str(tmp_path),
+               "--compared-runs", str(tmp_path), "--dry-run"])
+  assert main.main(["study", "--study", "fig1_cpu_k32", "--runs-dir",
+                    str(tmp_path), "--compared-runs", str(tmp_path),
+                    "--dry-run"]) == 0

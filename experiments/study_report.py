@@ -273,12 +273,8 @@ def comparison_section(study: Study, root: pathlib.Path, other: Study,
             null=0.0, unit="", digits=4,
             above=f"the method gains less here than in {other.name}",
             below=f"the method gains more here than in {other.name}"))
-      lines.append(
-          f"| {criterion} | {label} | "
-          f"{_interval_text(list(effect.values()), '', digits=4)} "
-          f"({len(effect)} seeds) | "
-          f"{_interval_text(list(reference.values()), '', digits=4)} "
-          f"({len(reference)} seeds) | {change} |")
+      lines.append(f"| {criterion} | {label} | {_seeds_text(effect)} | "
+                   f"{_seeds_text(reference)} | {change} |")
   return lines + [""] + [f"- {claim}" for claim in claims] + [""]
 
 
@@ -291,6 +287,12 @@ def _interval_text(values: Sequence[float], unit: str, digits: int = 2) -> str:
   interval = statistics.t_interval(values)
   return (f"{interval.mean:.{digits}f}{unit} [{interval.low:.{digits}f}, "
           f"{interval.high:.{digits}f}]")
+
+
+def _seeds_text(by_seed: dict[int, float]) -> str:
+  """`_interval_text` of the values, with the number of seeds."""
+  text = _interval_text(list(by_seed.values()), "", digits=4)
+  return text if len(by_seed) == 1 else f"{text} ({len(by_seed)} seeds)"
 
 
 def _machines(runs: Sequence[dict[str, Any]]) -> str:

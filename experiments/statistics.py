@@ -195,6 +195,7 @@ def welch_interval(a: Sequence[float], b: Sequence[float],
                 * math.sqrt(var_a + var_b))
   return Interval(mean, mean - half_width, mean + half_width)
 
+
 def _curve_arrays(steps: Sequence[float],
                   values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
   steps_array = np.asarray(list(steps), dtype=float)

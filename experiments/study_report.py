@@ -220,11 +220,9 @@ class _Reporter:
           f"| [{floor.low:.2f}, {floor.high:.2f}] |")
     return lines
 
-  def paired_effects(self) -> dict[str, dict[str, dict[int, float]]]:
+  def paired_effects(self, groups: dict[str, list]
+                     ) -> dict[str, dict[str, dict[int, float]]]:
     """criterion -> variant -> seed -> final value − the baseline's."""
-    runner = StudyRunner(self.study, self.root, dry_run=True,
-                         log=lambda _: None)
-    groups = self.seed_groups(runner.execute())
     effects = {}
     for criterion in self.criteria:
       baseline = self._finals(groups.get(self.baseline, []), criterion)
@@ -235,32 +233,34 @@ class _Reporter:
     return effects
 
 
-def comparison_section(study: Study, root: pathlib.Path, other: Study,
-                       other_root: pathlib.Path) -> list[str]:
+def comparison_section(here: _Reporter, groups: dict[str, list],
+                       other: Study, other_root: pathlib.Path) -> list[str]:
   """The effect here against `other`'s: Welch's interval of the change.
 
   The effect of a method is its final criterion minus the baseline's,
   paired by seed within each study; the two studies' seeds are independent
   draws, so the change (here − there) gets Welch's interval
-  (`statistics.welch_interval`).
+  (`statistics.welch_interval`). `groups` are `here`'s seed runs.
   """
   lines = [f"## Against {other.name}: does the effect change?", "",
-           f"Here: {study.base.row}. {other.name}: {other.base.row}. The "
+           f"Here: {here.study.base.row}. {other.name}: {other.base.row}. The "
            "effect is a method's final value minus the baseline's, paired "
            "by seed within each study (mean [95% t-interval]); the change is "
            "here − there, with Welch's 95% interval (the two studies' seeds "
            "are independent). Negative: the method gains more here.", ""]
   if not pathlib.Path(other_root).is_dir():
     return lines + [f"No runs of {other.name} under {other_root}.", ""]
-  here = _Reporter(study, root)
-  there = _Reporter(other, pathlib.Path(other_root)).paired_effects()
+  there = _Reporter(other, pathlib.Path(other_root))
+  there_choices = StudyRunner(other, there.root, dry_run=True,
+                              log=lambda _: None).execute()
+  there_effects = there.paired_effects(there.seed_groups(there_choices))
   lines += ["| criterion | method | effect here | effect in "
             f"{other.name} | change, mean [95% Welch interval] |",
             "| --- | --- | --- | --- | --- |"]
   claims = []
-  for criterion, by_method in here.paired_effects().items():
+  for criterion, by_method in here.paired_effects(groups).items():
     for method, effect in by_method.items():
-      reference = there.get(criterion, {}).get(method, {})
+      reference = there_effects.get(criterion, {}).get(method, {})
       label = here.labels.get(method, method)
       change = "n/a"
       if len(effect) >= 2 and len(reference) >= 2:
@@ -392,7 +392,7 @@ def write_report(study: Study, root: pathlib.Path, out: pathlib.Path,
     lines += ["Pending: the tuning stages are not finished.", ""]
   if groups and study.compared_with:
     lines += comparison_section(
-        study, root, studies.get_study(study.compared_with),
+        reporter, groups, studies.get_study(study.compared_with),
         compared_root or root.parent / f"study-{study.compared_with}")
   count = _copy_artifacts(root, out)
   lines += [f"{count} runs' config.json, metrics.jsonl and summary.json are "

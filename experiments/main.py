@@ -257,8 +257,10 @@ def run_command(args) -> int:
   text = report.compare(root, claimed_speedup=preset.claimed_speedup,
                         baseline=preset.reference)
   runs = report.load_runs(root)
+  losses = [report.SHARED_LOSS]
   if runs and all(any(report.SHARED_LOSS_BATCH_STATS in r
                       for r in run["metrics"]) for run in runs):
+    losses.append(report.SHARED_LOSS_BATCH_STATS)
     text += "\n" + report.compare(root, report.SHARED_LOSS_BATCH_STATS,
                                    preset.claimed_speedup, preset.reference)
   if runs and any(report.SHARED_LOSS in r for run in runs
@@ -271,10 +273,14 @@ def run_command(args) -> int:
     text += (f"\nFigure: {figure} (both methods on the same axes); each "
              "run's own curves are in its curves.png.\n")
   if preset.noise_reference and preset.baseline:
+    # Both y-losses: the eval-mode one swings with BatchNorm's running
+    # statistics at this constant rate, so one seed of it alone misleads.
     others = [name for name in preset.runs if name != preset.baseline]
     for name in others:
-      text += "\n" + noise_reference.compare_with_study(
-          root, REPOSITORY / preset.noise_reference, preset.baseline, name)
+      for loss in losses:
+        text += "\n" + noise_reference.compare_with_study(
+            root, REPOSITORY / preset.noise_reference, preset.baseline, name,
+            loss)
   if preset.see_also:
     text += f"\nOne seed per method at this size; {preset.see_also}.\n"
   print(text)

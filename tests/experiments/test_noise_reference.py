@@ -85,3 +85,22 @@ def test_the_main_jobs_committed_reference_is_at_its_own_setting(tmp_path):
     for seed in seeds:
       assert (noise_reference._setting({"dir": seed})
               == noise_reference._setting({"dir": tmp_path / name})), seed
+
+
+def test_the_main_job_judges_both_y_losses(tmp_path, monkeypatch):
+  """One line per y-loss: the eval-mode one alone swings with BatchNorm."""
+  import dataclasses
+
+  from experiments import configs
+  from experiments import main
+
+  study = tmp_path / "study"
+  _study(study, [-0.1, 0.0, 0.1])
+  toy = configs.get_preset("fig1", "toy")
+  monkeypatch.setattr(configs, "get_preset", lambda *_: dataclasses.replace(
+      toy, noise_reference=str(study)))
+  assert main.main(["--preset", "fig1", "--scale", "toy", "--runs-dir",
+                    str(tmp_path / "runs")]) == 0
+  text = (tmp_path / "runs" / "fig1-toy" / "comparison.md").read_text()
+  for loss in (KEY, "shared_point_train_loss_batch_stats"):
+    assert f"Final {loss} at step 2, extrap_sgd − minibatch_sgd:" in text

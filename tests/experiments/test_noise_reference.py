@@ -1,5 +1,6 @@
 """The main job's one-seed verdict against a study's seed-to-seed spread."""
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -12,6 +13,7 @@ from experiments.configs import presets
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 KEY = "shared_point_train_loss"
+BATCH_STATS_KEY = "shared_point_train_loss_batch_stats"
 
 
 def _run(directory, name, seed, finals_at_60, lr=0.05):
@@ -89,8 +91,6 @@ def test_the_main_jobs_committed_reference_is_at_its_own_setting(tmp_path):
 
 def test_the_main_job_judges_both_y_losses(tmp_path, monkeypatch):
   """One line per y-loss: the eval-mode one alone swings with BatchNorm."""
-  import dataclasses
-
   from experiments import configs
   from experiments import main
 
@@ -99,8 +99,21 @@ def test_the_main_job_judges_both_y_losses(tmp_path, monkeypatch):
   toy = configs.get_preset("fig1", "toy")
   monkeypatch.setattr(configs, "get_preset", lambda *_: dataclasses.replace(
       toy, noise_reference=str(study)))
+  # Completed runs are not trained again: the job only compares them.
+  root = tmp_path / "runs" / "fig1-toy"
+  for name in toy.runs:
+    _run(root / name / "seed0", name, 0, 1.0)
+    path = root / name / "seed0" / "metrics.jsonl"
+    path.write_text("".join(
+        json.dumps({**json.loads(line), BATCH_STATS_KEY: 1.0,
+                    "epoch": json.loads(line)["step"] / 10}) + "\n"
+        for line in path.read_text().splitlines()))
+    path = root / name / "seed0" / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()),
+                                "main_metric": "test_accuracy",
+                                "wall_seconds": 1.0}))
   assert main.main(["--preset", "fig1", "--scale", "toy", "--runs-dir",
                     str(tmp_path / "runs")]) == 0
-  text = (tmp_path / "runs" / "fig1-toy" / "comparison.md").read_text()
-  for loss in (KEY, "shared_point_train_loss_batch_stats"):
-    assert f"Final {loss} at step 2, extrap_sgd − minibatch_sgd:" in text
+  text = (root / "comparison.md").read_text()
+  for loss in (KEY, BATCH_STATS_KEY):
+    assert f"Final {loss} at step 100, extrap_sgd − minibatch_sgd:" in text

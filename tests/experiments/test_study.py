@@ -342,8 +342,8 @@ def test_fig1_k32_study_is_fig1_at_the_papers_number_of_workers():
       32, 31)
   # The same global batch, within one image per worker: 992 against 1000.
   assert abs(32 * 31 - 8 * k8.base.workers.local_batch_size) <= 32
-  # γ0 fixed at fig1_cpu's tuned value; c re-checked over {1, 2, 4}.
-  # K = 8's tuned γ0 with a neighbour on each side: re-tuned, not carried.
+  # γ0 re-tuned from K = 8's best with a neighbour on each side, not carried
+  # over; c re-checked over {1, 2, 4}.
   assert k32.baseline_grid == (0.0125, studies.FIG1_CPU_LEARNING_RATE, 0.05)
   assert [v.grid for v in k32.variants] == [(1.0, 2.0, 4.0)]
   assert k32.criterion == k8.criterion and k32.final_points == k8.final_points
